@@ -1,0 +1,1 @@
+"""Lightning callbacks of lvebm-lightning: the negative pool, evaluation metrics and sample galleries."""

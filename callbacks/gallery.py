@@ -1,0 +1,144 @@
+"""Sample galleries: model samples over data, the learned landscape of x, posterior clouds z | x.
+
+Drawn on rank 0 after each validation from the samples the metrics callback gathered from every rank
+(``EvaluationMetrics.latest``), saved as PNG under ``<run dir>/galleries/`` and logged to W&B as images.
+Everything is shown in the data's own units (the first two coordinates of x when dx > 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import matplotlib
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from lvebm_lightning.metrics import log_marginal
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+class Gallery(pl.Callback):
+    """Writes three figures per validation: ``samples``, ``landscape`` and ``posterior``.
+
+    Args:
+        n_samples: points of each cloud drawn in the sample figure.
+        n_posterior: data points whose posterior particle clouds are drawn.
+        n_posterior_particles: fresh conditional chains per drawn datum.
+        grid_points: resolution of the landscape grid per axis.
+    """
+
+    def __init__(
+        self, n_samples: int = 2000, n_posterior: int = 4, n_posterior_particles: int = 256, grid_points: int = 80
+    ) -> None:
+        self.n_samples, self.n_posterior = n_samples, n_posterior
+        self.n_posterior_particles, self.grid_points = n_posterior_particles, grid_points
+        self.saved: list[Path] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = next((c for c in trainer.callbacks if hasattr(c, "latest") and c.latest), None)
+        if metrics is None:
+            return
+        self._draw(trainer, pl_module, metrics.latest)
+
+    @rank_zero_only
+    def _draw(self, trainer: pl.Trainer, pl_module: Any, latest: dict[str, torch.Tensor]) -> None:
+        out_dir = Path(trainer.default_root_dir) / "galleries"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        step = trainer.global_step
+        figures = {
+            "samples": self._samples(latest),
+            "landscape": self._landscape(pl_module, latest),
+            "posterior": self._posterior(trainer, pl_module),
+        }
+        paths = []
+        for name, fig in figures.items():
+            if fig is None:
+                continue
+            path = out_dir / f"{name}_step{step:07d}.png"
+            fig.savefig(path, dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            paths.append((name, path))
+        self.saved.extend(p for _, p in paths)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for name, path in paths:
+                    logger.log_image(key=f"gallery/{name}", images=[str(path)], step=step)
+
+    def _samples(self, latest: dict[str, torch.Tensor]) -> Any:
+        data = latest["data"][: self.n_samples]
+        panels = [("fresh long chains", latest["model"])]
+        if "pool" in latest:
+            panels.append(("negative pool", latest["pool"]))
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
+        for ax, (title, cloud) in zip(axes[0], panels):
+            cloud = cloud[: self.n_samples]
+            if data.shape[1] == 1:
+                ax.hist(data[:, 0].numpy(), bins=60, density=True, alpha=0.5, label="data")
+                ax.hist(cloud[:, 0].numpy(), bins=60, density=True, alpha=0.5, label="model")
+            else:
+                ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=2, alpha=0.4, label="data")
+                ax.scatter(cloud[:, 0].numpy(), cloud[:, 1].numpy(), s=2, alpha=0.4, label="model")
+            ax.set_title(title)
+            ax.legend(loc="upper right", markerscale=4)
+        return fig
+
+    @torch.no_grad()
+    def _landscape(self, pl_module: Any, latest: dict[str, torch.Tensor]) -> Any:
+        """-log p(x) up to a constant on a grid over the first two coordinates (others at the data mean)."""
+        if pl_module.dx < 2:
+            return None
+        data = latest["data"]
+        lo, hi = data[:, :2].min(0).values, data[:, :2].max(0).values
+        pad = 0.15 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        g = self.grid_points
+        u = torch.linspace(float(lo[0]), float(hi[0]), g)
+        v = torch.linspace(float(lo[1]), float(hi[1]), g)
+        uu, vv = torch.meshgrid(u, v, indexing="xy")
+        x = pl_module.data_mean.cpu().expand(g * g, -1).clone()
+        x[:, 0], x[:, 1] = uu.flatten(), vv.flatten()
+        x_std = pl_module.to_standard_units(x.to(pl_module.device))
+        if 0 < pl_module.dz <= 2:
+            z = latest["model_xz"][:, pl_module.dx :]
+            span = z.max(0).values - z.min(0).values
+            z_lo, z_hi = (z.min(0).values - 0.3 * span).to(x_std), (z.max(0).values + 0.3 * span).to(x_std)
+            free = -log_marginal(pl_module.energy, x_std, pl_module.dz, z_lo, z_hi, 48).float()
+            title = "free energy -log int exp(-E(x, z)) dz"
+        else:
+            z0 = torch.zeros(g * g, pl_module.dz, device=pl_module.device)
+            free = pl_module.energy(x_std, z0).float()
+            title = "energy E(x, z = 0)"
+        free = (free - free.min()).cpu().view(g, g)
+        fig, ax = plt.subplots(figsize=(5, 4.2))
+        free = free.clamp(max=float(free.quantile(0.95)))
+        mesh = ax.pcolormesh(uu.numpy(), vv.numpy(), free.numpy(), shading="auto", cmap="viridis")
+        fig.colorbar(mesh, ax=ax)
+        ax.scatter(data[:500, 0].numpy(), data[:500, 1].numpy(), s=1, c="w", alpha=0.4)
+        ax.set_title(title)
+        return fig
+
+    def _posterior(self, trainer: pl.Trainer, pl_module: Any) -> Any:
+        """Posterior particles z | x of a few validation points, from fresh conditional chains."""
+        if pl_module.dz == 0:
+            return None
+        x_std = trainer.datamodule.splits["val"][: self.n_posterior].to(pl_module.device)
+        generator = pl_module.eval_generator(trainer.global_step, 5)
+        z = pl_module.infer(x_std, self.n_posterior_particles, generator=generator).cpu()
+        fig, axes = plt.subplots(1, len(x_std), figsize=(3.2 * len(x_std), 3), squeeze=False)
+        x = pl_module.to_data_units(x_std).cpu()
+        for ax, zi, xi in zip(axes[0], z, x):
+            if pl_module.dz == 1:
+                ax.hist(zi[:, 0].numpy(), bins=40, density=True)
+                ax.set_xlabel("z")
+            else:
+                ax.scatter(zi[:, 0].numpy(), zi[:, 1].numpy(), s=3, alpha=0.5)
+                ax.set_xlabel("z1")
+                ax.set_ylabel("z2")
+            ax.set_title("x = (" + ", ".join(f"{float(v):.2f}" for v in xi[:3]) + ")", fontsize=8)
+        fig.suptitle("posterior particles z | x")
+        return fig

@@ -1,0 +1,250 @@
+"""Validation and test metrics of an LVEBM (DESIGN.md section 5), computed over all ranks.
+
+Every validation (and test) epoch:
+
+- **W2** (exact, POT) in the data's units between held-out data and (a) the x-marginal of fresh long chains
+  from N(0, I) (the model's own distribution, ``w2``) and (b) the negative pool (``w2_pool``), with the floor
+  ``w2_floor``: W2 between two independent data samples of the same size (training vs held-out data).
+  For dx > 3 the sliced W2 is logged too (``sliced_w2``).
+- **Exact log-likelihood** when dx + dz <= 3: log p(x) = log int exp(-E(x, z)) dz - log Z by quadrature on a
+  box covering data and model samples (``nll``, per datum, in data units); ``quadrature_edge_mass`` is the
+  share of exp(-E) in the box's outer cells. For datasets with a known density, the true density's NLL
+  (``nll_true``) and the gap (``nll_gap``).
+- **ELBO** of the posterior particles of ``n_elbo`` training data: q_i is a Gaussian mixture around the
+  particles (``lvebm_lightning.metrics.elbo``), ``elbo`` and the tighter importance-weighted ``iw_bound``, and
+  beside them the exact ``train_log_lik`` of the same data when quadrature applies. In higher dimension log Z
+  comes from AIS (``log_z_ais``; the bounds then inherit its upward bias).
+
+Samples are gathered from every rank with torchmetrics ``cat`` states; every rank then computes the same
+numbers from the same gathered tensors, and Lightning's loggers write them from rank 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lvebm_lightning.data.systems import GridDensity
+from lvebm_lightning.metrics import (
+    ais_log_partition,
+    choose_box,
+    elbo,
+    log_marginal,
+    log_partition,
+    sliced_w2,
+    w2,
+)
+
+QUADRATURE_MAX_DIM = 3
+
+
+class SampleSet(Metric):
+    """Rows ``[n, d]`` appended on every rank and concatenated over ranks on ``compute``."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+
+    def update(self, rows: Tensor) -> None:
+        self.rows.append(rows.detach())
+
+    def compute(self) -> Tensor:
+        return dim_zero_cat(self.rows)
+
+
+class EvaluationMetrics(pl.Callback):
+    """Computes and logs W2, exact log-likelihood and ELBO on the validation and test splits.
+
+    Args:
+        n_samples: n_eval, model samples (fresh chains, all ranks together) and data points used for W2.
+        n_elbo: training data whose posterior particles give the ELBO (all ranks together).
+        elbo_samples: S, draws from each q_i.
+        quadrature_points: grid points per dimension of the quadrature (dx + dz <= 3).
+        box_margin: the quadrature box is the samples' range widened by this fraction on each side.
+        ais_chains: chains of AIS for log Z when dx + dz > 3 (0: no ELBO in high dimension).
+        ais_temperatures: intermediate distributions of AIS.
+        check_chain_length: also log W2 of chains run twice as long (``w2_2x``), to check T_eval suffices.
+    """
+
+    def __init__(
+        self,
+        n_samples: int = 2000,
+        n_elbo: int = 256,
+        elbo_samples: int = 64,
+        quadrature_points: int = 64,
+        box_margin: float = 0.3,
+        ais_chains: int = 256,
+        ais_temperatures: int = 200,
+        check_chain_length: bool = False,
+    ) -> None:
+        self.n_samples, self.n_elbo, self.elbo_samples = n_samples, n_elbo, elbo_samples
+        self.quadrature_points, self.box_margin = quadrature_points, box_margin
+        self.ais_chains, self.ais_temperatures = ais_chains, ais_temperatures
+        self.check_chain_length = check_chain_length
+        self.sets = {name: SampleSet() for name in ("data", "nll", "nll_true")}
+        self._quadrature: dict[str, Any] | None = None
+        self.latest: dict[str, Tensor] = {}
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _per_rank(n: int, trainer: pl.Trainer) -> int:
+        return max(1, -(-n // trainer.world_size))
+
+    @staticmethod
+    def _gather(rows: Tensor, device: torch.device) -> Tensor:
+        s = SampleSet().to(device)
+        s.update(rows)
+        return s.compute()
+
+    def _uses_quadrature(self, pl_module: Any) -> bool:
+        return pl_module.dx + pl_module.dz <= QUADRATURE_MAX_DIM
+
+    # -- epoch start: model samples and log Z -------------------------------------------------------------------
+    def _start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        device = pl_module.device
+        for s in self.sets.values():
+            s.reset()
+            s.to(device)
+        chains = pl_module.model_samples(self._per_rank(self.n_samples, trainer))
+        self.model_xz = self._gather(chains, device)  # standardised (x, z)
+        self._quadrature = None
+        if self._uses_quadrature(pl_module):
+            train_x = trainer.datamodule.splits["train"][: self.n_samples].to(device)
+            x_cover = torch.cat([train_x, self.model_xz[:, : pl_module.dx]])
+            z_cover = self.model_xz[:, pl_module.dx :]
+            xz_cover = torch.cat([x_cover, torch.cat([z_cover, z_cover[: len(train_x)]])], dim=-1)
+            lo, hi = choose_box(xz_cover.to(torch.float64), margin=self.box_margin)
+            lo, hi = lo.to(torch.float32), hi.to(torch.float32)
+            result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
+            self._quadrature = {"log_z": result.log_z, "edge_mass": result.edge_mass, "lo": lo, "hi": hi}
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    # -- batches: data and its exact log-likelihood -----------------------------------------------------------------
+    @torch.no_grad()
+    def _batch(self, trainer: pl.Trainer, pl_module: Any, batch: tuple[Tensor, Tensor]) -> None:
+        x_std, _ = batch
+        self.sets["data"].update(pl_module.to_data_units(x_std))
+        log_det = pl_module.data_std.log().sum()
+        if self._quadrature is not None:
+            q = self._quadrature
+            log_p = log_marginal(
+                pl_module.energy, x_std, pl_module.dz, q["lo"][pl_module.dx :], q["hi"][pl_module.dx :],
+                self.quadrature_points,
+            ) - q["log_z"]
+            self.sets["nll"].update((-(log_p) + log_det).float().unsqueeze(-1))
+        system = getattr(trainer.datamodule, "system", None)
+        if isinstance(system, GridDensity):
+            x = pl_module.to_data_units(x_std)
+            nll_true = system.energy(x.cpu().double()) + system.log_partition()
+            self.sets["nll_true"].update(nll_true.float().unsqueeze(-1).to(x.device))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(trainer, pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch(trainer, pl_module, batch)
+
+    # -- epoch end: W2, NLL, ELBO ---------------------------------------------------------------------------------
+    def _end(self, trainer: pl.Trainer, pl_module: Any, stage: str) -> None:
+        device = pl_module.device
+        cpu = torch.device("cpu")
+        data = self.sets["data"].compute().to(cpu)
+        model_x = pl_module.to_data_units(self.model_xz[:, : pl_module.dx]).to(cpu)
+        n = min(self.n_samples, len(data), len(model_x))
+        train_x = trainer.datamodule.raw["train"].to(cpu)
+        out: dict[str, Tensor] = {
+            "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
+            "w2_floor": w2(train_x, data, n, torch.Generator().manual_seed(1)),
+        }
+        pool = pl_module.negative_pool
+        pool_x = None
+        if pool is not None and pool.pool is not None:
+            pool_x = pl_module.to_data_units(pool.full()[:, : pl_module.dx]).to(cpu)
+            out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
+        if self.check_chain_length:
+            longer = pl_module.sample_joint(
+                self._per_rank(self.n_samples, trainer), n_steps=2 * pl_module.evaluation["n_steps"]
+            )
+            longer_x = pl_module.to_data_units(self._gather(longer, device)[:, : pl_module.dx]).to(cpu)
+            out["w2_2x"] = w2(longer_x, data, n, torch.Generator().manual_seed(0))
+        if pl_module.dx > QUADRATURE_MAX_DIM:
+            out["sliced_w2"] = sliced_w2(model_x, data[:n])
+        out["w2_ratio"] = out["w2"] / out["w2_floor"]
+        if self._quadrature is not None:
+            out["nll"] = self.sets["nll"].compute().mean()
+            out["quadrature_edge_mass"] = torch.tensor(self._quadrature["edge_mass"])
+        if self.sets["nll_true"].update_count > 0:
+            out["nll_true"] = self.sets["nll_true"].compute().mean()
+            if "nll" in out:
+                out["nll_gap"] = out["nll"] - out["nll_true"]
+        out.update(self._elbo(trainer, pl_module))
+        values = {f"{stage}/{k}": v.detach().float().to(device) for k, v in out.items()}
+        pl_module.log(f"{stage}/w2", values.pop(f"{stage}/w2"), prog_bar=True, sync_dist=False)
+        pl_module.log_dict(values, prog_bar=False, sync_dist=False)
+        self.latest = {"data": data, "model": model_x, "model_xz": self.model_xz.to(cpu)}
+        if pool_x is not None:
+            self.latest["pool"] = pool_x
+
+    def _elbo(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Tensor]:
+        """ELBO and IW bound (data units) of the posterior particles of the first n_elbo training data."""
+        if self.n_elbo <= 0 or pl_module.dz == 0:
+            return {}
+        device = pl_module.device
+        if self._quadrature is not None:
+            log_z = self._quadrature["log_z"]
+        elif self.ais_chains > 0:
+            result = ais_log_partition(
+                pl_module.energy, pl_module.dx, pl_module.dz, n_chains=self.ais_chains,
+                n_temperatures=self.ais_temperatures, generator=pl_module.eval_generator(pl_module.global_step, 3),
+            )
+            log_z = result.log_z
+        else:
+            return {}
+        store = pl_module.posterior.store
+        train_x = trainer.datamodule.splits["train"]
+        if store is not None:
+            index = store.owned[: self._per_rank(self.n_elbo, trainer)]
+            x = train_x[index].to(device)
+            particles = store.get(index)
+        else:
+            index = torch.arange(trainer.global_rank, len(train_x), trainer.world_size)
+            index = index[: self._per_rank(self.n_elbo, trainer)]
+            x = train_x[index].to(device)
+            particles = pl_module.infer(x, pl_module.posterior.n_particles, pl_module.posterior.config.n_steps)
+        result = elbo(
+            pl_module.energy, x, particles, log_z, self.elbo_samples, pl_module.eval_generator(pl_module.global_step, 4)
+        )
+        log_det = float(pl_module.data_std.log().sum())
+        rows = [result.elbo - log_det, result.iw_bound - log_det]
+        if self._quadrature is not None:
+            q = self._quadrature
+            log_p = log_marginal(
+                pl_module.energy, x, pl_module.dz, q["lo"][pl_module.dx :], q["hi"][pl_module.dx :],
+                self.quadrature_points,
+            ) - log_z
+            rows.append(log_p - log_det)
+        gathered = self._gather(torch.stack(rows, dim=-1).float(), device).mean(0)
+        out = {"elbo": gathered[0], "iw_bound": gathered[1]}
+        if self._quadrature is not None:
+            out["train_log_lik"] = gathered[2]
+        else:
+            out["log_z_ais"] = torch.tensor(float(log_z))
+        return out
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module, "test")

@@ -1,0 +1,71 @@
+"""Checks of a composed config, run before any data is read or anything is written.
+
+Hydra already rejects unknown keys; this catches values that are well-formed but wrong (a zero step size,
+K < 1, a pool smaller than the negative batch) and says which key to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, with the key and the fix in the message."""
+
+
+def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
+    value = _get(cfg, key)
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}; set {key}=<value > 0>.")
+    if kind is int and int(value) != value:
+        raise ConfigError(f"{key} must be a whole number, got {value!r}.")
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` on the first value in ``cfg`` that training cannot use."""
+    for system in ("posterior", "negative"):
+        _positive(cfg, f"sampler.{system}.step_size")
+        _positive(cfg, f"sampler.{system}.n_steps", int)
+        if _get(cfg, f"sampler.{system}.grad_clip") is not None:
+            _positive(cfg, f"sampler.{system}.grad_clip")
+    _positive(cfg, "sampler.posterior.n_particles", int)
+    _positive(cfg, "sampler.negative.pool_size", int)
+    _positive(cfg, "sampler.negative.batch_size", int)
+    _positive(cfg, "sampler.eval.n_steps", int)
+    _positive(cfg, "sampler.eval.n_samples", int)
+    if cfg.sampler.eval.step_size is not None:
+        _positive(cfg, "sampler.eval.step_size")
+    _positive(cfg, "data.batch_size", int)
+    _positive(cfg, "model.lr")
+    if not 0.0 <= float(cfg.sampler.negative.reinit_prob) <= 1.0:
+        raise ConfigError(f"sampler.negative.reinit_prob must lie in [0, 1], got {cfg.sampler.negative.reinit_prob}.")
+    if int(cfg.model.dz) < 0:
+        raise ConfigError(f"model.dz must be >= 0, got {cfg.model.dz}.")
+    if float(cfg.model.alpha) < 0:
+        raise ConfigError(f"model.alpha must be >= 0, got {cfg.model.alpha}.")
+    if cfg.sampler.posterior.kind not in ("persistent", "short_run"):
+        raise ConfigError(
+            f"sampler.posterior.kind must be persistent or short_run, got {cfg.sampler.posterior.kind!r}."
+        )
+    devices = cfg.trainer.get("devices", 1)
+    world = devices if isinstance(devices, int) and devices > 0 else 1
+    world *= int(cfg.trainer.get("num_nodes", 1) or 1)
+    if int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:
+        raise ConfigError(
+            f"sampler.negative.pool_size={cfg.sampler.negative.pool_size} is smaller than the negative batch "
+            f"({cfg.sampler.negative.batch_size} per rank x {world} rank(s)); raise the pool size or lower "
+            "sampler.negative.batch_size."
+        )
+    if cfg.model.divergence.policy not in ("skip", "raise"):
+        raise ConfigError(f"model.divergence.policy must be skip or raise, got {cfg.model.divergence.policy!r}.")
+    if int(cfg.model.divergence.max_consecutive) < 1:
+        raise ConfigError(f"model.divergence.max_consecutive must be >= 1, got {cfg.model.divergence.max_consecutive}.")

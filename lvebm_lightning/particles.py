@@ -1,0 +1,117 @@
+"""Persistent particles keyed by datum index, sharded across ranks.
+
+The store holds K latent particles z_i^k for every training datum i: a tensor ``[N, K, dz]`` in all. Under
+DDP each rank owns a fixed shard of the data indices (``shard_indices``) and holds only the particles of its
+own shard, so particles never cross ranks during training. A checkpoint holds the whole ``[N, K, dz]`` store,
+gathered from every rank; loading it under another number of ranks re-shards it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> Tensor:
+    """The data indices owned by ``rank``: i with i mod world_size == rank, ascending ``[n_r]``."""
+    return torch.arange(rank, n, world_size, dtype=torch.long)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_rows(local: Tensor, owned: Tensor, n: int) -> Tensor:
+    """Assemble the full ``[n, ...]`` tensor from every rank's ``local`` rows, ``local[j]`` being row ``owned[j]``.
+
+    A collective: every rank must call it. Without a process group it scatters ``local`` into a fresh tensor.
+    Rows that no rank owns stay NaN, so a gap can never pass as data.
+    """
+    full = torch.full((n, *local.shape[1:]), float("nan"), dtype=local.dtype, device=local.device)
+    if not _distributed():
+        full[owned.to(local.device)] = local
+        return full
+    world = dist.get_world_size()
+    sizes = [torch.zeros((), dtype=torch.long, device=local.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor(local.shape[0], device=local.device))
+    width = int(max(int(s) for s in sizes))
+    pad_local = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    pad_local[: local.shape[0]] = local
+    pad_owned = torch.full((width,), -1, dtype=torch.long, device=local.device)
+    pad_owned[: owned.shape[0]] = owned.to(local.device)
+    all_local = [torch.empty_like(pad_local) for _ in range(world)]
+    all_owned = [torch.empty_like(pad_owned) for _ in range(world)]
+    dist.all_gather(all_local, pad_local)
+    dist.all_gather(all_owned, pad_owned)
+    for rows, idx, size in zip(all_local, all_owned, sizes):
+        full[idx[: int(size)]] = rows[: int(size)]
+    return full
+
+
+class ParticleStore:
+    """K persistent particles in R^d for each of N data, of which this rank owns a shard.
+
+    Args:
+        n_data: N, the number of training data.
+        n_particles: K >= 1, particles per datum.
+        dim: d, the dimension of one particle.
+        rank, world_size: this process's place; the rank owns ``shard_indices(N, rank, world_size)``.
+    """
+
+    def __init__(self, n_data: int, n_particles: int, dim: int, rank: int = 0, world_size: int = 1) -> None:
+        if n_particles < 1:
+            raise ValueError(f"n_particles (K) must be >= 1, got {n_particles}.")
+        self.n_data, self.n_particles, self.dim = n_data, n_particles, dim
+        self.rank, self.world_size = rank, world_size
+        self.owned = shard_indices(n_data, rank, world_size)
+        self.values = torch.zeros(len(self.owned), n_particles, dim)
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to(self, device: torch.device | str) -> ParticleStore:
+        self.values = self.values.to(device)
+        return self
+
+    def init_(self, generator: torch.Generator | None = None, scale: float = 1.0) -> None:
+        """Draw every owned particle from the init distribution N(0, scale^2 I)."""
+        self.values = scale * torch.randn(
+            self.values.shape, generator=generator, device=self.device, dtype=self.values.dtype
+        )
+
+    def _local(self, index: Tensor) -> Tensor:
+        # Ownership is i mod world_size == rank, so the local position is i // world_size.
+        return torch.div(index.to(self.device), self.world_size, rounding_mode="floor")
+
+    def check_owned(self, index: Tensor) -> None:
+        """Raise if any datum index is not owned by this rank (a sampler that does not shard by rank)."""
+        foreign = (index % self.world_size) != self.rank
+        if bool(foreign.any()):
+            raise RuntimeError(
+                f"Rank {self.rank} was given data indices it does not own (e.g. {int(index[foreign][0])}); "
+                "the training sampler must shard indices by rank (use the LVEBM data module's sampler)."
+            )
+
+    def get(self, index: Tensor) -> Tensor:
+        """The particles ``[B, K, d]`` of data ``index`` ``[B]`` (global indices owned by this rank)."""
+        return self.values[self._local(index)]
+
+    def set(self, index: Tensor, particles: Tensor) -> None:
+        """Write back the particles ``[B, K, d]`` of data ``index`` ``[B]``."""
+        self.values[self._local(index)] = particles.detach().to(self.values.dtype)
+
+    def full(self) -> Tensor:
+        """The whole store ``[N, K, d]`` gathered from every rank (a collective)."""
+        return gather_rows(self.values, self.owned, self.n_data)
+
+    def load_full(self, full: Tensor) -> None:
+        """Take this rank's shard of a whole store ``[N, K, d]`` (saved under any number of ranks)."""
+        expected = (self.n_data, self.n_particles, self.dim)
+        if tuple(full.shape) != expected:
+            raise ValueError(
+                f"The checkpoint's particle store has shape {tuple(full.shape)} but this run needs {expected} "
+                "(N data, K particles, dz); resume with the same data and model.n_particles / model.dz."
+            )
+        self.values = full[self.owned].to(self.device, self.values.dtype).clone()

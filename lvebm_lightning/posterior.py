@@ -1,0 +1,95 @@
+"""Posterior strategies: how the positive phase gets latent particles z ~ p(z | x_i).
+
+All strategies answer one call, ``particles(energy, x, index, generator) -> z [B, K, dz]``:
+
+- ``PersistentPosterior`` (the method): K persistent particles per training datum, kept in a
+  ``ParticleStore`` and moved by T_z steps of conditional Langevin on z -> E(x_i, z) each time datum i is
+  in a batch, so the particles keep tracking p(z | x_i) as theta moves (a Wasserstein gradient flow of q_i).
+- ``ShortRunPosterior`` (a baseline): K fresh chains from N(0, I) for every batch, T_z steps, nothing kept.
+
+The conditional energy of particles ``z [B, K, dz]`` is E(x_i, z_i^k), x broadcast over K.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.particles import ParticleStore
+
+
+def conditional_langevin(
+    energy: Any, x: Tensor, z: Tensor, config: LangevinConfig, generator: torch.Generator | None
+) -> Tensor:
+    """Move ``z [B, K, dz]`` by Langevin on z -> E(x_i, z) with x ``[B, dx]`` held fixed."""
+    xk = x.unsqueeze(1).expand(-1, z.shape[1], -1)
+    z, _ = langevin(lambda zz: energy(xk, zz), z, config, generator)
+    return z
+
+
+class PersistentPosterior:
+    """K persistent Langevin particles per training datum (the LVEBM posterior of the design, step 1).
+
+    Args:
+        n_particles: K.
+        langevin: the conditional kernel's settings (h_z, T_z, extras).
+        init_scale: particles start from N(0, init_scale^2 I).
+    """
+
+    persistent = True
+
+    def __init__(self, n_particles: int, langevin: LangevinConfig, init_scale: float = 1.0) -> None:
+        if n_particles < 1:
+            raise ValueError(f"n_particles (K) must be >= 1, got {n_particles}; use at least one particle.")
+        self.n_particles, self.config, self.init_scale = n_particles, langevin, init_scale
+        self.store: ParticleStore | None = None
+
+    def setup(
+        self, n_data: int, dz: int, rank: int, world_size: int, device: torch.device, generator: torch.Generator
+    ) -> None:
+        """Create this rank's shard of the store and draw its particles from the init distribution."""
+        self.store = ParticleStore(n_data, self.n_particles, dz, rank, world_size).to(device)
+        self.store.init_(generator, self.init_scale)
+
+    def particles(self, energy: Any, x: Tensor, index: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Run T_z conditional steps on the stored particles of ``index`` and write them back."""
+        assert self.store is not None, "PersistentPosterior.setup() must run before particles()"
+        z = conditional_langevin(energy, x, self.store.get(index), self.config, generator)
+        self.store.set(index, z)
+        return z
+
+
+class ShortRunPosterior:
+    """Fresh chains from N(0, init_scale^2 I) for every batch (short-run MCMC baseline); no state."""
+
+    persistent = False
+
+    def __init__(self, n_particles: int, langevin: LangevinConfig, init_scale: float = 1.0) -> None:
+        if n_particles < 1:
+            raise ValueError(f"n_particles (K) must be >= 1, got {n_particles}; use at least one particle.")
+        self.n_particles, self.config, self.init_scale = n_particles, langevin, init_scale
+        self.store = None
+        self.dz = 0
+
+    def setup(
+        self, n_data: int, dz: int, rank: int, world_size: int, device: torch.device, generator: torch.Generator
+    ) -> None:
+        self.dz = dz
+
+    def particles(self, energy: Any, x: Tensor, index: Tensor, generator: torch.Generator | None) -> Tensor:
+        shape = (x.shape[0], self.n_particles, self.dz)
+        z0 = self.init_scale * torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return conditional_langevin(energy, x, z0, self.config, generator)
+
+
+POSTERIORS = {"persistent": PersistentPosterior, "short_run": ShortRunPosterior}
+
+
+def build_posterior(kind: str, **kwargs: Any) -> PersistentPosterior | ShortRunPosterior:
+    """The posterior strategy named ``kind`` (one of ``POSTERIORS``)."""
+    if kind not in POSTERIORS:
+        raise ValueError(f"Unknown posterior kind '{kind}'; choose one of {sorted(POSTERIORS)}.")
+    return POSTERIORS[kind](**kwargs)

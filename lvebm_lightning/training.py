@@ -1,0 +1,103 @@
+"""``train(cfg)``: what ``python train.py`` does, top to bottom.
+
+Check the config, check the checkpoint to resume from, load and check the data; only then build the model,
+callbacks, loggers and trainer, fit (resuming from ``ckpt_path``), and test.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lvebm_lightning.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint
+from lvebm_lightning.config import validate
+from lvebm_lightning.data.datamodule import LVEBMDataModule
+from lvebm_lightning.module import LVEBMModule
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, datamodule: LVEBMDataModule) -> LVEBMModule:
+    """The module of ``cfg.model`` for the data's dx and N, with plain-dict hyper-parameters."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    cls = hydra.utils.get_class(kwargs.pop("_target_"))
+    kwargs.pop("lr", None)  # carried by the optimizer config
+    model = cls(dx=datamodule.dim, n_data=datamodule.n_train, seed=int(cfg.seed), **kwargs)
+    model.set_standardisation(datamodule.mean, datamodule.std)
+    return model
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    """Every ``_target_`` entry of the callbacks group, in config order (entries set to null are skipped)."""
+    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None and "_target_" in c]
+
+
+def wandb_mode(mode: str) -> str:
+    """Resolve ``auto``: W&B's own WANDB_MODE if set, online when WANDB_API_KEY is set, else offline."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def instantiate_loggers(cfg: DictConfig | None, wandb_run_id: str | None = None) -> list[Logger]:
+    """The loggers of the logger group; a W&B logger resumes ``wandb_run_id`` when one is given."""
+    loggers: list[Logger] = []
+    for name, entry in (cfg or {}).items():
+        if entry is None or "_target_" not in entry:
+            continue
+        if name == "wandb":
+            overrides: dict[str, Any] = {"mode": wandb_mode(entry.get("mode", "auto"))}
+            if wandb_run_id and not entry.get("id"):
+                overrides.update(id=wandb_run_id, resume="allow")
+            Path(entry.save_dir).mkdir(parents=True, exist_ok=True)
+            loggers.append(hydra.utils.instantiate(entry, **overrides))
+        else:
+            loggers.append(hydra.utils.instantiate(entry))
+    return loggers
+
+
+def wandb_run_id(loggers: list[Logger]) -> str | None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            return logger.version
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and test) the LVEBM of ``cfg``; returns the final metrics."""
+    validate(cfg)
+    ckpt = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    datamodule: LVEBMDataModule = hydra.utils.instantiate(cfg.data).prepare()
+    if ckpt is not None:
+        check_compatible(ckpt, cfg.ckpt_path, dx=datamodule.dim, dz=int(cfg.model.dz), n_data=datamodule.n_train)
+
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    model = build_model(cfg, datamodule)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"), ckpt.get("wandb_run_id") if ckpt else None)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+    with warnings.catch_warnings():
+        # Lightning warns that manual-optimization checkpoints hold the post-step state: that is what we save.
+        warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
+    return metrics

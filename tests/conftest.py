@@ -1,0 +1,47 @@
+"""Shared fixtures: the real Hydra config, composed as train.py composes it, shrunk to run in seconds on CPU."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# A default run needs no account and no network; tests never go online.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """``conf/train.yaml`` with ``debug=fast`` and ``overrides``, its run directory set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["debug=fast", "trainer.accelerator=cpu", *(overrides or [])],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Build a fast config in a fresh run directory: ``make_cfg("seed=1", run="a")``."""
+
+    def make(*overrides: str, run: str = "run") -> DictConfig:
+        return compose_config(tmp_path / run, list(overrides))
+
+    return make
