@@ -68,6 +68,8 @@ class EvaluationMetrics(pl.Callback):
         elbo_samples: S, draws from each q_i.
         quadrature_points: grid points per dimension of the quadrature (dx + dz <= 3).
         box_margin: the quadrature box is the samples' range widened by this fraction on each side.
+        max_edge_mass, box_widenings: while more than ``max_edge_mass`` of exp(-E) lies in the box's outer cells,
+            widen the box 1.5-fold, at most ``box_widenings`` times (the final edge mass is logged).
         ais_chains: chains of AIS for log Z when dx + dz > 3 (0: no ELBO in high dimension).
         ais_temperatures: intermediate distributions of AIS.
         check_chain_length: also log W2 of chains run twice as long (``w2_2x``), to check T_eval suffices.
@@ -80,12 +82,15 @@ class EvaluationMetrics(pl.Callback):
         elbo_samples: int = 64,
         quadrature_points: int = 64,
         box_margin: float = 0.3,
+        max_edge_mass: float = 1e-3,
+        box_widenings: int = 3,
         ais_chains: int = 256,
         ais_temperatures: int = 200,
         check_chain_length: bool = False,
     ) -> None:
         self.n_samples, self.n_elbo, self.elbo_samples = n_samples, n_elbo, elbo_samples
         self.quadrature_points, self.box_margin = quadrature_points, box_margin
+        self.max_edge_mass, self.box_widenings = max_edge_mass, box_widenings
         self.ais_chains, self.ais_temperatures = ais_chains, ais_temperatures
         self.check_chain_length = check_chain_length
         self.sets = {name: SampleSet() for name in ("data", "nll", "nll_true")}
@@ -123,6 +128,13 @@ class EvaluationMetrics(pl.Callback):
             lo, hi = choose_box(xz_cover.to(torch.float64), margin=self.box_margin)
             lo, hi = lo.to(torch.float32), hi.to(torch.float32)
             result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
+            # Samples can miss the tails: widen the box around its centre while it cuts off visible mass.
+            for _ in range(self.box_widenings):
+                if result.edge_mass <= self.max_edge_mass:
+                    break
+                centre, half = (hi + lo) / 2, (hi - lo) / 2
+                lo, hi = centre - 1.5 * half, centre + 1.5 * half
+                result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
             self._quadrature = {"log_z": result.log_z, "edge_mass": result.edge_mass, "lo": lo, "hi": hi}
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
