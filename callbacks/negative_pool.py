@@ -83,12 +83,13 @@ class NegativePool(pl.Callback):
         if len(states) == world_size:
             self.generator.set_state(states[rank])
         else:
-            log.warning(
-                "Negative pool saved under %d rank(s), resumed under %d: re-split the pool and re-seeded "
-                "the pool generators from (seed, rank, step).",
-                len(states), world_size,
-            )
             self.generator = make_generator(device, pl_module.seed, rank, STREAM_POOL, int(self._pending["step"]))
+            if rank == 0:  # one message per run, in the run's train.log
+                log.warning(
+                    "Negative pool saved under %d rank(s), resumed under %d: re-split the pool and re-seeded "
+                    "the pool generators from (seed, rank, step).",
+                    len(states), world_size,
+                )
         self._pending = None
 
     # -- what the module calls ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ respect to particles only. Everything is in standardised units; ``data_mean`` / 
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import nullcontext
 from typing import Any
@@ -29,6 +30,8 @@ from torch.nn.utils import parametrize
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.posterior import build_posterior, conditional_langevin
 from lvebm_lightning.seeding import STREAM_EVAL, STREAM_LATENT, gather_generator_states, make_generator
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -161,6 +164,9 @@ class LVEBMModule(pl.LightningModule):
     # -- training ---------------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, index = batch
+        if batch_idx == 0 and self.posterior.store is not None:
+            # Once an epoch: a sampler that does not shard by rank would move another rank's particles silently.
+            self.posterior.store.check_owned(index)
         opt = self.optimizers()
         sched = self.lr_schedulers()
         pool = self.negative_pool
@@ -328,8 +334,9 @@ class LVEBMModule(pl.LightningModule):
         if len(states) == world:
             self.generator.set_state(states[rank])
         elif states:
-            rank_zero_warn(
-                f"Checkpoint saved under {len(states)} rank(s), resumed under {world}: re-sharded the posterior "
-                "particles by datum index and re-seeded the latent generators from (seed, rank, step)."
-            )
+            if rank == 0:  # python logging, so that the message lands in the run's train.log
+                log.warning(
+                    "Checkpoint saved under %d rank(s), resumed under %d: re-sharded the posterior particles by "
+                    "datum index and re-seeded the latent generators from (seed, rank, step).", len(states), world,
+                )
             self.generator = make_generator(self.device, self.seed, rank, STREAM_LATENT, state["step"])
