@@ -51,7 +51,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
         if self.shard_size == 0:
             raise ValueError(f"{n} data cannot be split over {world_size} ranks; use fewer devices or more data.")
         self.batch_size = min(batch_size, self.shard_size) if drop_last else batch_size
-        self.rank, self.shuffle, self.seed, self.drop_last = rank, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.progress = progress
         self.epoch = 0
         self._skip = 0
@@ -76,10 +77,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def state_dict(self) -> dict[str, Any]:
         epoch, done = self.progress() if self.progress is not None else (self.epoch, 0)
-        return {"epoch": int(epoch), "batches_done": int(done), "rank": self.rank}
+        return {"epoch": int(epoch), "batches_done": int(done), "rank": self.rank, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done = int(state["epoch"]), int(state["batches_done"])
+        # Saved under W' ranks, done batches of every rank consumed done * W' batches' worth of data; under W ranks
+        # the epoch continues after the same share of the data (the new shards are shuffled afresh anyway).
+        done = done * int(state.get("world_size", self.world_size)) // self.world_size
         if done >= len(self):
             epoch, done = epoch + 1, 0
         self.epoch, self._skip = epoch, done
