@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
@@ -28,6 +30,45 @@ def _get(cfg: DictConfig, key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def expected_world_size(cfg: DictConfig) -> int | None:
+    """The number of ranks W = devices x num_nodes the trainer config asks for; None when only the trainer can
+    tell (``devices: auto`` or ``-1``: every visible accelerator).
+
+    ``devices`` may be a count (``4``, ``"4"``) or device ids (``[0, 1]``, ``"0,1"``), as Lightning accepts them.
+    """
+    devices = cfg.trainer.get("devices", 1)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return None
+        try:
+            devices = [int(d) for d in text.split(",") if d.strip()] if "," in text else int(text)
+        except ValueError:
+            raise ConfigError(
+                f"trainer.devices={devices!r} is not a device count, a list of device ids or auto; e.g. "
+                "trainer.devices=2."
+            ) from None
+    if isinstance(devices, int):
+        if devices < 1:
+            return None
+        count = devices
+    else:
+        count = len(devices)
+    return count * int(cfg.trainer.get("num_nodes", 1) or 1)
+
+
+def _check_launch(cfg: DictConfig, world: int | None) -> None:
+    """Hydra multirun (``-m``) cannot drive DDP: Lightning starts ranks 1..W-1 by re-running the command line,
+    so every rank would run the whole sweep again."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    ddp = (world is None and "ddp" in str(cfg.trainer.get("strategy", "auto"))) or (world or 1) > 1
+    if multirun and ddp:
+        raise ConfigError(
+            "Hydra multirun (-m) cannot launch DDP (trainer.devices / trainer.num_nodes > 1): run each configuration "
+            "as its own `python train.py trainer.devices=N ...` (a shell loop or a W&B sweep agent), or drop -m."
+        )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -56,15 +97,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"sampler.posterior.kind must be persistent or short_run, got {cfg.sampler.posterior.kind!r}."
         )
-    devices = cfg.trainer.get("devices", 1)
-    world = devices if isinstance(devices, int) and devices > 0 else 1
-    world *= int(cfg.trainer.get("num_nodes", 1) or 1)
-    if int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:
+    world = expected_world_size(cfg)
+    if world is not None and int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:
         raise ConfigError(
             f"sampler.negative.pool_size={cfg.sampler.negative.pool_size} is smaller than the negative batch "
             f"({cfg.sampler.negative.batch_size} per rank x {world} rank(s)); raise the pool size or lower "
             "sampler.negative.batch_size."
         )
+    _check_launch(cfg, world)
     if cfg.model.divergence.policy not in ("skip", "raise"):
         raise ConfigError(f"model.divergence.policy must be skip or raise, got {cfg.model.divergence.policy!r}.")
     if int(cfg.model.divergence.max_consecutive) < 1:

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lvebm_lightning.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint
-from lvebm_lightning.config import validate
+from lvebm_lightning.config import ConfigError, expected_world_size, validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
 from lvebm_lightning.module import LVEBMModule
 
@@ -80,6 +80,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: LVEBMDataModule = hydra.utils.instantiate(cfg.data).prepare()
     if ckpt is not None:
         check_compatible(ckpt, cfg.ckpt_path, dx=datamodule.dim, dz=int(cfg.model.dz), n_data=datamodule.n_train)
+    world = expected_world_size(cfg)
+    if world is not None and datamodule.n_train < world:
+        raise ConfigError(
+            f"{datamodule.n_train} training data cannot be sharded over {world} ranks (every rank owns the particles "
+            "of its own data); use fewer devices or more data."
+        )
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(cfg, datamodule)
@@ -92,11 +98,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with warnings.catch_warnings():
         # Lightning warns that manual-optimization checkpoints hold the post-step state: that is what we save.
         warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+        # Under DDP the evaluation metrics are computed from samples gathered from every rank and are the same
+        # on every rank, so Lightning's advice to reduce them across ranks (sync_dist) does not apply.
+        warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            trainer.test(model, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     for logger in loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()
