@@ -15,12 +15,15 @@ Every validation (and test) epoch:
   beside them the exact ``train_log_lik`` of the same data when quadrature applies. In higher dimension log Z
   comes from AIS (``log_z_ais``; the bounds then inherit its upward bias).
 
-Samples are gathered from every rank with torchmetrics ``cat`` states; every rank then computes the same
-numbers from the same gathered tensors, and Lightning's loggers write them from rank 0.
+Under DDP every rank draws its share of the model samples, scores its shard of the held-out data and of the
+ELBO data, and runs its share of the AIS chains; the rows are gathered from every rank with torchmetrics ``cat``
+states. The exact W2 distances are then computed once, on rank 0, and broadcast, so every rank holds (and logs)
+the same numbers; Lightning's loggers write them from rank 0 only.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -176,23 +179,20 @@ class EvaluationMetrics(pl.Callback):
         model_x = pl_module.to_data_units(self.model_xz[:, : pl_module.dx]).to(cpu)
         n = min(self.n_samples, len(data), len(model_x))
         train_x = trainer.datamodule.raw["train"].to(cpu)
-        out: dict[str, Tensor] = {
-            "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
-            "w2_floor": w2(train_x, data, n, torch.Generator().manual_seed(1)),
-        }
         pool = pl_module.negative_pool
-        pool_x = None
+        pool_x = longer_x = None
         if pool is not None and pool.pool is not None:
             pool_x = pl_module.to_data_units(pool.full()[:, : pl_module.dx]).to(cpu)
-            out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
         if self.check_chain_length:
             longer = pl_module.sample_joint(
                 self._per_rank(self.n_samples, trainer), n_steps=2 * pl_module.evaluation["n_steps"]
             )
             longer_x = pl_module.to_data_units(self._gather(longer, device)[:, : pl_module.dx]).to(cpu)
-            out["w2_2x"] = w2(longer_x, data, n, torch.Generator().manual_seed(0))
-        if pl_module.dx > QUADRATURE_MAX_DIM:
-            out["sliced_w2"] = sliced_w2(model_x, data[:n])
+        # Exact W2 is the costly part: rank 0 computes it once from the gathered samples and shares the numbers.
+        out: dict[str, Tensor] = {}
+        if trainer.is_global_zero:
+            out = self._distances(model_x, data, train_x, pool_x, longer_x, n)
+        out = trainer.strategy.broadcast(out, src=0)
         out["w2_ratio"] = out["w2"] / out["w2_floor"]
         if self._quadrature is not None:
             out["nll"] = self.sets["nll"].compute().mean()
@@ -209,6 +209,23 @@ class EvaluationMetrics(pl.Callback):
         if pool_x is not None:
             self.latest["pool"] = pool_x
 
+    @staticmethod
+    def _distances(
+        model_x: Tensor, data: Tensor, train_x: Tensor, pool_x: Tensor | None, longer_x: Tensor | None, n: int
+    ) -> dict[str, Tensor]:
+        """W2 of model samples, the data floor, the pool and longer chains against the held-out ``data`` (CPU)."""
+        out = {
+            "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
+            "w2_floor": w2(train_x, data, n, torch.Generator().manual_seed(1)),
+        }
+        if pool_x is not None:
+            out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
+        if longer_x is not None:
+            out["w2_2x"] = w2(longer_x, data, n, torch.Generator().manual_seed(0))
+        if data.shape[1] > QUADRATURE_MAX_DIM:
+            out["sliced_w2"] = sliced_w2(model_x, data[:n])
+        return out
+
     def _elbo(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Tensor]:
         """ELBO and IW bound (data units) of the posterior particles of the first n_elbo training data."""
         if self.n_elbo <= 0 or pl_module.dz == 0:
@@ -217,11 +234,14 @@ class EvaluationMetrics(pl.Callback):
         if self._quadrature is not None:
             log_z = self._quadrature["log_z"]
         elif self.ais_chains > 0:
+            # The chains are split over the ranks (each with its own stream); pooling every chain's weight,
+            # log Z_hat = logsumexp(log w) - log C is the same estimate as C chains on one device.
             result = ais_log_partition(
-                pl_module.energy, pl_module.dx, pl_module.dz, n_chains=self.ais_chains,
+                pl_module.energy, pl_module.dx, pl_module.dz, n_chains=self._per_rank(self.ais_chains, trainer),
                 n_temperatures=self.ais_temperatures, generator=pl_module.eval_generator(pl_module.global_step, 3),
             )
-            log_z = result.log_z
+            log_weights = self._gather(result.log_weights.unsqueeze(-1), device).squeeze(-1)
+            log_z = float(log_weights.logsumexp(0)) - math.log(len(log_weights))
         else:
             return {}
         store = pl_module.posterior.store
