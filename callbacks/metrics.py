@@ -10,6 +10,9 @@ Every validation (and test) epoch:
   box covering data and model samples (``nll``, per datum, in data units); ``quadrature_edge_mass`` is the
   share of exp(-E) in the box's outer cells. For datasets with a known density, the true density's NLL
   (``nll_true``) and the gap (``nll_gap``).
+- **Physical observables** of the dataset's system (e.g. a lattice field's magnetisation, susceptibility and
+  two-point function; a double well's well masses) on the model's fresh-chain samples (``obs/<name>``) and on
+  the held-out data (``obs/<name>_data``).
 - **ELBO** of the posterior particles of ``n_elbo`` training data: q_i is a Gaussian mixture around the
   particles (``lvebm_lightning.metrics.elbo``), ``elbo`` and the tighter importance-weighted ``iw_bound``, and
   beside them the exact ``train_log_lik`` of the same data when quadrature applies. In higher dimension log Z
@@ -201,6 +204,12 @@ class EvaluationMetrics(pl.Callback):
             out["nll_true"] = self.sets["nll_true"].compute().mean()
             if "nll" in out:
                 out["nll_gap"] = out["nll"] - out["nll_true"]
+        system = getattr(trainer.datamodule, "system", None)
+        if system is not None:
+            for name, value in system.observables(model_x).items():
+                out[f"obs/{name}"] = value
+            for name, value in system.observables(data).items():
+                out[f"obs/{name}_data"] = value
         out.update(self._elbo(trainer, pl_module))
         values = {f"{stage}/{k}": v.detach().float().to(device) for k, v in out.items()}
         pl_module.log(f"{stage}/w2", values.pop(f"{stage}/w2"), prog_bar=True, sync_dist=False)

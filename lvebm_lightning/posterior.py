@@ -24,7 +24,9 @@ from lvebm_lightning.particles import ParticleStore
 def conditional_langevin(
     energy: Any, x: Tensor, z: Tensor, config: LangevinConfig, generator: torch.Generator | None
 ) -> Tensor:
-    """Move ``z [B, K, dz]`` by Langevin on z -> E(x_i, z) with x ``[B, dx]`` held fixed."""
+    """Move ``z [B, K, dz]`` by Langevin on z -> E(x_i, z) with x ``[B, dx]`` held fixed (dz = 0: nothing to move)."""
+    if z.shape[-1] == 0:
+        return z
     xk = x.unsqueeze(1).expand(-1, z.shape[1], -1)
     z, _ = langevin(lambda zz: energy(xk, zz), z, config, generator)
     return z

@@ -238,3 +238,23 @@ def test_phi4_symmetry_bimodality_and_observables() -> None:
     assert g[0] > g[1] > g[2] > 0
     with pytest.raises(ValueError, match="square lattice"):
         two_point(torch.zeros(2, 15))
+
+
+def test_observables_on_exact_samples_match_exact_values() -> None:
+    x = torch.from_numpy(samples("double_well"))
+    assert_fraction(x[:, 0].numpy() > 0, 1 - 0.712, n_se=5.0)
+    assert float(DoubleWell().observables(x)["right_well_mass"]) == pytest.approx(float((x[:, 0] > 0).double().mean()))
+    osc = DuffingOscillator()
+    obs = osc.observables(torch.from_numpy(samples("oscillator")))
+    p2 = samples("oscillator")[:, 1].astype(np.float64) ** 2
+    assert abs(float(obs["kinetic_temperature"]) - osc.temperature) < 5 * p2.std() / math.sqrt(len(p2))
+    assert abs(float(obs["right_well_mass"]) - 0.5) < 5 * math.sqrt(0.25 / len(p2))
+    phi = torch.from_numpy(samples("phi4"))
+    obs = Phi4().observables(phi)
+    m = magnetisation(phi.double())
+    assert float(obs["abs_magnetisation"]) == pytest.approx(float(m.abs().mean()))
+    assert float(obs["susceptibility"]) > 0
+    assert float(obs["g1"]) > float(obs["g2"]) > 0
+    lorenz = get_dataset("lorenz63")
+    obs = lorenz.observables(torch.from_numpy(samples("lorenz63")))
+    assert float(obs["mean_x2"]) == pytest.approx(lorenz.beta * float(obs["mean_z"]), rel=0.05)

@@ -77,7 +77,8 @@ def test_fast_run_end_to_end_with_wandb_offline(make_cfg, tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     columns = _read_csv_metrics(run_dir / "metrics.csv")
     for key in ("train/loss", "train/e_pos", "train/e_neg", "train/gap", "train/grad_norm", "val/w2",
-                "val/w2_floor", "val/w2_pool", "val/nll", "val/nll_true", "val/elbo", "test/w2"):
+                "val/w2_floor", "val/w2_pool", "val/nll", "val/nll_true", "val/elbo", "test/w2",
+                "val/obs/right_well_mass", "val/obs/right_well_mass_data"):
         assert key in columns, key
     assert len(columns["train/loss"]) >= 2
     assert metrics["val/w2"] == pytest.approx(columns["val/w2"][-1])

@@ -44,6 +44,11 @@ class System(ABC):
     def sample(self, n: int, seed: int) -> np.ndarray:
         """n samples, [n, dim] float32, drawn with ``np.random.default_rng(seed)``."""
 
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        """Physical observables of an ensemble x [B, dim] (ensemble averages, 0-d tensors), to compare a model's
+        samples with the data; none by default."""
+        return {}
+
 
 class GridDensity(System):
     """A system with a known density p(x) = exp(-U(x)) / Z in dx <= 3, where Z can be found by quadrature."""
@@ -160,6 +165,10 @@ class DoubleWell(GridDensity):
     @property
     def box(self) -> Box:
         return np.array([-2.5, -6.5]), np.array([2.5, 6.5])
+
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        """The mass of the right well, P(x1 > 0) (0.288 exactly)."""
+        return {"right_well_mass": (x[:, 0] > 0).double().mean()}
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -302,6 +311,10 @@ class Lorenz63(System):
             s = s + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
         return s
 
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        """<z> and <x^2>, tied on the attractor by the exact long-run identity <x^2> = beta <z>."""
+        return {"mean_z": x[:, 2].double().mean(), "mean_x2": (x[:, 0].double() ** 2).mean()}
+
     def sample(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
         n_chains = min(n, self.n_chains)
@@ -339,6 +352,15 @@ class DuffingOscillator(GridDensity):
     @property
     def box(self) -> Box:
         return np.array([-2.5, -3.5]), np.array([2.5, 3.5])
+
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        """The mean energy <H>, the kinetic temperature <p^2> (= T) and the right-well mass P(q > 0) (= 1/2)."""
+        q, p = x[:, 0].double(), x[:, 1].double()
+        return {
+            "mean_energy": (0.5 * p**2 + self.potential(q)).mean(),
+            "kinetic_temperature": (p**2).mean(),
+            "right_well_mass": (q > 0).double().mean(),
+        }
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -403,6 +425,17 @@ class Phi4(System):
                 phi = np.where(accept, new, phi)
             phi = phi * rng.choice([-1.0, 1.0], size=(len(phi), 1, 1))
         return phi
+
+    def observables(self, x: Tensor) -> dict[str, Tensor]:
+        """<|M|>, the susceptibility chi = V (<M^2> - <|M|>^2) and the connected G(1), G(2) (``two_point``)."""
+        m = magnetisation(x.double())
+        g = two_point(x.double())
+        return {
+            "abs_magnetisation": m.abs().mean(),
+            "susceptibility": self.dim * ((m**2).mean() - m.abs().mean() ** 2),
+            "g1": g[1],
+            "g2": g[2],
+        }
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         if self.side % 2:
