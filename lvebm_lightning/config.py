@@ -105,6 +105,11 @@ def validate(cfg: DictConfig) -> None:
             "sampler.negative.batch_size."
         )
     _check_launch(cfg, world)
+    if cfg.trainer.get("use_distributed_sampler", True):  # Lightning's default is true
+        raise ConfigError(
+            "trainer.use_distributed_sampler must be false: the data module shards the data by rank itself so that "
+            "each datum's particles stay on one rank; drop the override."
+        )
     if cfg.model.divergence.policy not in ("skip", "raise"):
         raise ConfigError(f"model.divergence.policy must be skip or raise, got {cfg.model.divergence.policy!r}.")
     if int(cfg.model.divergence.max_consecutive) < 1:

@@ -258,7 +258,7 @@ def test_expected_world_size_reads_devices_as_lightning_does(make_cfg, devices, 
     assert expected_world_size(cfg) == world
 
 
-def test_pool_smaller_than_all_ranks_negative_batches_is_rejected_before_training(make_cfg):
+def test_ddp_settings_that_cannot_work_are_rejected_before_training(make_cfg):
     from lvebm_lightning.config import ConfigError, validate
 
     # 4 ranks x 64 pairs need a pool of at least 256.
@@ -266,6 +266,8 @@ def test_pool_smaller_than_all_ranks_negative_batches_is_rejected_before_trainin
         validate(make_cfg("trainer.devices=[0,1,2,3]", "sampler.negative.pool_size=200"))
     with pytest.raises(ConfigError, match="trainer.devices='two'"):
         validate(make_cfg("trainer.devices=two"))
+    with pytest.raises(ConfigError, match="use_distributed_sampler must be false"):
+        validate(make_cfg("trainer=ddp_cpu", "trainer.use_distributed_sampler=true"))
 
 
 def test_too_few_data_for_the_ranks_is_rejected_before_training(make_cfg):
