@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from lvebm_lightning.data.datamodule import LVEBMDataModule
+from lvebm_lightning.seeding import STREAM_LATENT, STREAM_POOL, make_generator
 from tests.helpers.wandb_records import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,11 @@ def test_ranks_draw_different_pool_rows_and_different_noise(runs):
     for r in (r0, r1):
         owned = set(r["start"]["pool_owned"].tolist())
         assert len(owned) == len(r["start"]["pool"]) and owned == set(range(r["rank"], POOL, 2))
-    assert not torch.equal(r0["start"]["pool"][:32], r1["start"]["pool"][:32])
+        # Both systems start from the rank's own streams, seeded from (seed, rank, stream): seed=0 in the config.
+        pool_stream = make_generator("cpu", 0, r["rank"], STREAM_POOL)
+        assert torch.equal(r["start"]["pool"], torch.randn(len(owned), 3, generator=pool_stream))
+        latent_stream = make_generator("cpu", 0, r["rank"], STREAM_LATENT)
+        assert torch.equal(r["start"]["store"], torch.randn(r["start"]["store"].shape, generator=latent_stream))
     for s0, s1 in zip(r0["steps"], r1["steps"], strict=True):
         # Each rank moved one negative batch of its own rows; no row was moved by both ranks.
         assert len(s0["moved_pool"]) == len(s1["moved_pool"]) == BATCH
