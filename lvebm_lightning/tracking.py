@@ -12,8 +12,10 @@
   offline resume writes a new ``offline-run-*`` folder with the same id; ``wandb sync`` uploads those folders
   in order of start time into one run). The values of the re-run steps are those of the first attempt.
   W&B's own alternative, rewinding a run (``resume_from``), is online-only and in private preview.
-- **Summary.** At the end: best validation W2 and its checkpoint, the final W2 / NLL / ELBO, where the run's
-  files are; in the W&B summary, in ``summary.json`` of the run directory, and printed by ``train.py``.
+- **Summary.** At the end: best validation W2 and its checkpoint (Lightning's ``ModelCheckpoint``; resumed into a
+  new directory it remembers the old best path but not its score, so the best is then that since the resume),
+  the final W2 / NLL / ELBO, where the run's files are; in the W&B summary, in ``summary.json`` of the run
+  directory, and in a log message that ``train.py`` shows on the console.
 """
 
 from __future__ import annotations
