@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -232,6 +233,9 @@ def test_wandb_agent_command_runs_train_py(path, tmp_path):
         (run,) = offline_runs(run_dir / run_id)  # one W&B run per trial, DDP or not
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent):  # outputs/sweeps, outputs: only if left empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     assert run.run_id == run_id and run.sweep_id == sweep_id
     for name, value in args.items():
         assert run.config[name] == pytest.approx(value), name
