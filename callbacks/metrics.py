@@ -33,17 +33,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lvebm_lightning.data.systems import GridDensity
-from lvebm_lightning.metrics import (
-    ais_log_partition,
-    choose_box,
-    elbo,
-    log_marginal,
-    log_partition,
-    sliced_w2,
-    w2,
-)
-
-QUADRATURE_MAX_DIM = 3
+from lvebm_lightning.metrics import ais_log_partition, elbo, w2
+from lvebm_lightning.metrics.evaluation import QUADRATURE_MAX_DIM, data_nll, quadrature, sample_distances
 
 
 class SampleSet(Metric):
@@ -125,20 +116,10 @@ class EvaluationMetrics(pl.Callback):
         self._quadrature = None
         if self._uses_quadrature(pl_module):
             train_x = trainer.datamodule.splits["train"][: self.n_samples].to(device)
-            x_cover = torch.cat([train_x, self.model_xz[:, : pl_module.dx]])
-            z_cover = self.model_xz[:, pl_module.dx :]
-            xz_cover = torch.cat([x_cover, torch.cat([z_cover, z_cover[: len(train_x)]])], dim=-1)
-            lo, hi = choose_box(xz_cover.to(torch.float64), margin=self.box_margin)
-            lo, hi = lo.to(torch.float32), hi.to(torch.float32)
-            result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
-            # Samples can miss the tails: widen the box around its centre while it cuts off visible mass.
-            for _ in range(self.box_widenings):
-                if result.edge_mass <= self.max_edge_mass:
-                    break
-                centre, half = (hi + lo) / 2, (hi - lo) / 2
-                lo, hi = centre - 1.5 * half, centre + 1.5 * half
-                result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
-            self._quadrature = {"log_z": result.log_z, "edge_mass": result.edge_mass, "lo": lo, "hi": hi}
+            self._quadrature = quadrature(
+                pl_module.energy, pl_module.dx, pl_module.dz, train_x, self.model_xz, self.quadrature_points,
+                self.box_margin, self.max_edge_mass, self.box_widenings,
+            )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(trainer, pl_module)
@@ -153,12 +134,8 @@ class EvaluationMetrics(pl.Callback):
         self.sets["data"].update(pl_module.to_data_units(x_std))
         log_det = pl_module.data_std.log().sum()
         if self._quadrature is not None:
-            q = self._quadrature
-            log_p = log_marginal(
-                pl_module.energy, x_std, pl_module.dz, q["lo"][pl_module.dx :], q["hi"][pl_module.dx :],
-                self.quadrature_points,
-            ) - q["log_z"]
-            self.sets["nll"].update((-(log_p) + log_det).float().unsqueeze(-1))
+            nll = data_nll(pl_module.energy, x_std, pl_module.dz, self._quadrature, log_det)
+            self.sets["nll"].update(nll.float().unsqueeze(-1))
         system = getattr(trainer.datamodule, "system", None)
         if isinstance(system, GridDensity):
             x = pl_module.to_data_units(x_std)
@@ -179,24 +156,17 @@ class EvaluationMetrics(pl.Callback):
         model_x = pl_module.to_data_units(self.model_xz[:, : pl_module.dx]).to(cpu)
         n = min(self.n_samples, len(data), len(model_x))
         train_x = trainer.datamodule.raw["train"].to(cpu)
-        out: dict[str, Tensor] = {
-            "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
-            "w2_floor": w2(train_x, data, n, torch.Generator().manual_seed(1)),
-        }
         pool = pl_module.negative_pool
         pool_x = None
         if pool is not None and pool.pool is not None:
             pool_x = pl_module.to_data_units(pool.full()[:, : pl_module.dx]).to(cpu)
-            out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
+        out = sample_distances(model_x, data, train_x, n, pool_x)
         if self.check_chain_length:
             longer = pl_module.sample_joint(
                 self._per_rank(self.n_samples, trainer), n_steps=2 * pl_module.evaluation["n_steps"]
             )
             longer_x = pl_module.to_data_units(self._gather(longer, device)[:, : pl_module.dx]).to(cpu)
             out["w2_2x"] = w2(longer_x, data, n, torch.Generator().manual_seed(0))
-        if pl_module.dx > QUADRATURE_MAX_DIM:
-            out["sliced_w2"] = sliced_w2(model_x, data[:n])
-        out["w2_ratio"] = out["w2"] / out["w2_floor"]
         if self._quadrature is not None:
             out["nll"] = self.sets["nll"].compute().mean()
             out["quadrature_edge_mass"] = torch.tensor(self._quadrature["edge_mass"])
@@ -250,12 +220,7 @@ class EvaluationMetrics(pl.Callback):
         log_det = float(pl_module.data_std.log().sum())
         rows = [result.elbo - log_det, result.iw_bound - log_det]
         if self._quadrature is not None:
-            q = self._quadrature
-            log_p = log_marginal(
-                pl_module.energy, x, pl_module.dz, q["lo"][pl_module.dx :], q["hi"][pl_module.dx :],
-                self.quadrature_points,
-            ) - log_z
-            rows.append(log_p - log_det)
+            rows.append(-data_nll(pl_module.energy, x, pl_module.dz, self._quadrature, log_det))
         gathered = self._gather(torch.stack(rows, dim=-1).float(), device).mean(0)
         out = {"elbo": gathered[0], "iw_bound": gathered[1]}
         if self._quadrature is not None:
