@@ -36,17 +36,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lvebm_lightning.data.systems import GridDensity
-from lvebm_lightning.metrics import (
-    ais_log_partition,
-    choose_box,
-    elbo,
-    log_marginal,
-    log_partition,
-    sliced_w2,
-    w2,
-)
-
-QUADRATURE_MAX_DIM = 3
+from lvebm_lightning.metrics import ais_log_partition, elbo, w2
+from lvebm_lightning.metrics.evaluation import QUADRATURE_MAX_DIM, data_nll, quadrature, sample_distances
 
 
 class SampleSet(Metric):
@@ -128,20 +119,10 @@ class EvaluationMetrics(pl.Callback):
         self._quadrature = None
         if self._uses_quadrature(pl_module):
             train_x = trainer.datamodule.splits["train"][: self.n_samples].to(device)
-            x_cover = torch.cat([train_x, self.model_xz[:, : pl_module.dx]])
-            z_cover = self.model_xz[:, pl_module.dx :]
-            xz_cover = torch.cat([x_cover, torch.cat([z_cover, z_cover[: len(train_x)]])], dim=-1)
-            lo, hi = choose_box(xz_cover.to(torch.float64), margin=self.box_margin)
-            lo, hi = lo.to(torch.float32), hi.to(torch.float32)
-            result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
-            # Samples can miss the tails: widen the box around its centre while it cuts off visible mass.
-            for _ in range(self.box_widenings):
-                if result.edge_mass <= self.max_edge_mass:
-                    break
-                centre, half = (hi + lo) / 2, (hi - lo) / 2
-                lo, hi = centre - 1.5 * half, centre + 1.5 * half
-                result = log_partition(pl_module.energy, pl_module.dx, pl_module.dz, lo, hi, self.quadrature_points)
-            self._quadrature = {"log_z": result.log_z, "edge_mass": result.edge_mass, "lo": lo, "hi": hi}
+            self._quadrature = quadrature(
+                pl_module.energy, pl_module.dx, pl_module.dz, train_x, self.model_xz, self.quadrature_points,
+                self.box_margin, self.max_edge_mass, self.box_widenings,
+            )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(trainer, pl_module)
@@ -156,12 +137,8 @@ class EvaluationMetrics(pl.Callback):
         self.sets["data"].update(pl_module.to_data_units(x_std))
         log_det = pl_module.data_std.log().sum()
         if self._quadrature is not None:
-            q = self._quadrature
-            log_p = log_marginal(
-                pl_module.energy, x_std, pl_module.dz, q["lo"][pl_module.dx :], q["hi"][pl_module.dx :],
-                self.quadrature_points,
-            ) - q["log_z"]
-            self.sets["nll"].update((-(log_p) + log_det).float().unsqueeze(-1))
+            nll = data_nll(pl_module.energy, x_std, pl_module.dz, self._quadrature, log_det)
+            self.sets["nll"].update(nll.float().unsqueeze(-1))
         system = getattr(trainer.datamodule, "system", None)
         if isinstance(system, GridDensity):
             x = pl_module.to_data_units(x_std)
@@ -194,9 +171,10 @@ class EvaluationMetrics(pl.Callback):
         # Exact W2 is the costly part: rank 0 computes it once from the gathered samples and shares the numbers.
         out: dict[str, Tensor] = {}
         if trainer.is_global_zero:
-            out = self._distances(model_x, data, train_x, pool_x, longer_x, n)
+            out = sample_distances(model_x, data, train_x, n, pool_x)
+            if longer_x is not None:
+                out["w2_2x"] = w2(longer_x, data, n, torch.Generator().manual_seed(0))
         out = trainer.strategy.broadcast(out, src=0)
-        out["w2_ratio"] = out["w2"] / out["w2_floor"]
         if self._quadrature is not None:
             out["nll"] = self.sets["nll"].compute().mean()
             out["quadrature_edge_mass"] = torch.tensor(self._quadrature["edge_mass"])
@@ -217,23 +195,6 @@ class EvaluationMetrics(pl.Callback):
         self.latest = {"data": data, "model": model_x, "model_xz": self.model_xz.to(cpu)}
         if pool_x is not None:
             self.latest["pool"] = pool_x
-
-    @staticmethod
-    def _distances(
-        model_x: Tensor, data: Tensor, train_x: Tensor, pool_x: Tensor | None, longer_x: Tensor | None, n: int
-    ) -> dict[str, Tensor]:
-        """W2 of model samples, the data floor, the pool and longer chains against the held-out ``data`` (CPU)."""
-        out = {
-            "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
-            "w2_floor": w2(train_x, data, n, torch.Generator().manual_seed(1)),
-        }
-        if pool_x is not None:
-            out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
-        if longer_x is not None:
-            out["w2_2x"] = w2(longer_x, data, n, torch.Generator().manual_seed(0))
-        if data.shape[1] > QUADRATURE_MAX_DIM:
-            out["sliced_w2"] = sliced_w2(model_x, data[:n])
-        return out
 
     def _elbo(self, trainer: pl.Trainer, pl_module: Any) -> dict[str, Tensor]:
         """ELBO and IW bound (data units) of the posterior particles of the first n_elbo training data."""
@@ -270,12 +231,7 @@ class EvaluationMetrics(pl.Callback):
         log_det = float(pl_module.data_std.log().sum())
         rows = [result.elbo - log_det, result.iw_bound - log_det]
         if self._quadrature is not None:
-            q = self._quadrature
-            log_p = log_marginal(
-                pl_module.energy, x, pl_module.dz, q["lo"][pl_module.dx :], q["hi"][pl_module.dx :],
-                self.quadrature_points,
-            ) - log_z
-            rows.append(log_p - log_det)
+            rows.append(-data_nll(pl_module.energy, x, pl_module.dz, self._quadrature, log_det))
         gathered = self._gather(torch.stack(rows, dim=-1).float(), device).mean(0)
         out = {"elbo": gathered[0], "iw_bound": gathered[1]}
         if self._quadrature is not None:

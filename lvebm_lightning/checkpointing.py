@@ -44,11 +44,12 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the run."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint with ``weights_only=True``, or raise a one-line ``CheckpointError``."""
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a Lightning checkpoint with ``weights_only=True``, or raise a one-line ``CheckpointError`` (that tells
+    to pass ``key=...``, the argument that names the checkpoint)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"Checkpoint not found: {path}; pass ckpt_path=<run dir>/checkpoints/last.ckpt.")
+        raise CheckpointError(f"Checkpoint not found: {path}; pass {key}=<run dir>/checkpoints/last.ckpt.")
     if path.is_dir():
         raise CheckpointError(f"Checkpoint path {path} is a folder; pass the .ckpt file inside it (e.g. last.ckpt).")
     try:

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn.utils import parametrize
 
+from lvebm_lightning import tracking
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.posterior import build_posterior, conditional_langevin
 from lvebm_lightning.seeding import STREAM_EVAL, STREAM_LATENT, gather_generator_states, make_generator
@@ -81,7 +82,7 @@ class LVEBMModule(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train() logs the whole resolved config, flat, instead
         self.automatic_optimization = False
         self.dx, self.dz, self.n_data, self.seed = dx, dz, n_data, seed
         self.energy = hydra.utils.instantiate(energy, dx=dx, dz=dz)
@@ -107,6 +108,7 @@ class LVEBMModule(pl.LightningModule):
         self.skipped_steps = 0  # total skipped updates
         self._pending_state: dict[str, Any] | None = None
         self._sample_cache: dict[tuple, Tensor] = {}
+        self.run_config: dict[str, Any] | None = None  # the resolved config, set by train(), kept in checkpoints
 
     # -- set-up -----------------------------------------------------------------------------------------------
     def set_standardisation(self, mean: Tensor, std: Tensor) -> None:
@@ -318,6 +320,9 @@ class LVEBMModule(pl.LightningModule):
         if self.generator is not None:
             state["generator_states"] = gather_generator_states(self.generator)
         checkpoint["lvebm"] = state
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
+        checkpoint.update(tracking.checkpoint_state(self.trainer))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._pending_state = checkpoint.get("lvebm")

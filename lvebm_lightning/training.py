@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lvebm_lightning import tracking
 from lvebm_lightning.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint
 from lvebm_lightning.config import ConfigError, expected_world_size, validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
@@ -41,24 +42,31 @@ def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
 
 
 def wandb_mode(mode: str) -> str:
-    """Resolve ``auto``: W&B's own WANDB_MODE if set, online when WANDB_API_KEY is set, else offline."""
+    """Resolve ``auto``: W&B's own WANDB_MODE if set, online under a W&B sweep agent (which reports to the
+    sweep) or when WANDB_API_KEY is set, else offline."""
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return "online" if os.environ.get("WANDB_SWEEP_ID") or os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def instantiate_loggers(cfg: DictConfig | None, wandb_run_id: str | None = None) -> list[Logger]:
-    """The loggers of the logger group; a W&B logger resumes ``wandb_run_id`` when one is given."""
+def instantiate_loggers(
+    cfg: DictConfig | None, wandb_run_id: str | None = None, resume: dict[str, Any] | None = None
+) -> list[Logger]:
+    """The loggers of the logger group; a W&B logger continues run ``wandb_run_id`` when one is given, or the
+    run of a checkpoint's ``tracking.resume_state`` (``resume``), skipping the steps that run already logged."""
     loggers: list[Logger] = []
+    resume = dict(resume or ({"id": wandb_run_id} if wandb_run_id else {}))
     for name, entry in (cfg or {}).items():
         if entry is None or "_target_" not in entry:
             continue
         if name == "wandb":
             overrides: dict[str, Any] = {"mode": wandb_mode(entry.get("mode", "auto"))}
-            if wandb_run_id and not entry.get("id"):
-                overrides.update(id=wandb_run_id, resume="allow")
+            if resume.get("id") and not entry.get("id"):
+                overrides.update(id=resume["id"], resume="allow")
+                if issubclass(hydra.utils.get_class(entry._target_), tracking.LVEBMWandbLogger):
+                    overrides.update({k: v for k, v in resume.items() if k.startswith("logged_steps")})
             Path(entry.save_dir).mkdir(parents=True, exist_ok=True)
             loggers.append(hydra.utils.instantiate(entry, **overrides))
         else:
@@ -91,10 +99,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, datamodule)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"), ckpt.get("wandb_run_id") if ckpt else None)
+    loggers = instantiate_loggers(cfg.get("logger"), resume=tracking.resume_state(ckpt) if ckpt else None)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    config = tracking.flatten_config(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(config)
     with warnings.catch_warnings():
         # Lightning warns that manual-optimization checkpoints hold the post-step state: that is what we save.
         warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
@@ -106,7 +117,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if trainer.is_global_zero:
+        _summarise(trainer, metrics, cfg.paths.output_dir)
     for logger in loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()
     return metrics
+
+
+def _summarise(trainer: pl.Trainer, metrics: dict[str, float], run_dir: str) -> None:
+    """Write the final summary to ``summary.json`` and the W&B summary; log where everything is."""
+    summary = tracking.run_summary(trainer, metrics, run_dir)
+    tracking.write_summary(summary, run_dir)
+    wandb = tracking.wandb_logger(trainer)
+    if wandb is not None:
+        wandb.experiment.summary.update(summary)
+    log.info(tracking.report(summary, trainer))

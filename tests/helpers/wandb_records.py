@@ -48,6 +48,11 @@ class OfflineRun:
     summary: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    group: str = ""
+    sweep_id: str = ""
+    artifacts: list[tuple[str, str]] = field(default_factory=list)  # (type, name) of each logged artifact
+    exit_code: int | None = None
 
 
 def read_offline_run(run_dir: Path) -> OfflineRun:
@@ -60,6 +65,13 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id = record.run.run_id
+            run.tags, run.group, run.sweep_id = list(record.run.tags), record.run.run_group, record.run.sweep_id
+            for item in record.run.config.update:  # the config given to wandb.init (a sweep's parameters)
+                run.config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "artifact":
+            run.artifacts.append((record.artifact.type, record.artifact.name))
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
         elif kind == "history":
             row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
             run.history.append(row)

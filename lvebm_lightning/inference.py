@@ -1,0 +1,343 @@
+"""Use a trained checkpoint: model samples, posterior particles for new data, and metrics on a test set.
+
+For notebooks (the console commands ``lvebm-sample``, ``lvebm-infer`` and ``lvebm-eval`` of
+``lvebm_lightning.cli`` call the same functions)::
+
+    from lvebm_lightning.inference import load, sample, infer, evaluate
+    model = load("outputs/<run>/checkpoints/last.ckpt")
+    x = sample(model, 10_000)                        # [n, dx]: the model's own p(x), fresh long chains
+    x, z = sample(model, 10_000, pairs=True)         # and their latents [n, dz]
+    z = infer(model, x_new, n_particles=64)          # [B, K, dz]: posterior particles z ~ p(z | x_b)
+    metrics = evaluate(model, "test.npy")            # W2 (and floor), exact NLL (dx + dz <= 3), ELBO
+
+Inputs and outputs are in the data's own units (the checkpoint holds the standardisation); arrays are NumPy.
+
+- **Model samples** are fresh joint chains from N(0, I) moved by T_eval Langevin steps of size h_eval (the
+  ``sampler.eval`` settings of training), the distribution that the validation W2 measures; ``source="pool"``
+  returns the persistent negative pool instead (its state at the checkpoint).
+- **Posterior particles** are K fresh conditional chains per datum, z <- z - h grad_z E(x_b, z) + sqrt(2h) xi
+  from N(0, I), T_eval steps of the training posterior step size h_z unless given.
+- **Metrics** are those of the validation callback (``lvebm_lightning.metrics.evaluation``) with the model
+  samples drawn from the same random stream, so ``evaluate(model, "val")`` on the run's own validation split
+  gives the val/w2, val/w2_floor and val/nll that training logged at the checkpoint's step. The W2 floor uses
+  the run's training split (rebuilt from the config in the checkpoint) as the reference sample, or, when that
+  cannot be rebuilt, one half of the given data against the other. The ELBO here bounds log p(x) of the given
+  data, with q_b a Gaussian mixture around K fresh posterior particles of each datum (``metrics.elbo``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra.utils
+import numpy as np
+import torch
+from torch import Tensor
+
+from lvebm_lightning.checkpointing import read_checkpoint
+from lvebm_lightning.data.files import load_array
+from lvebm_lightning.metrics import ais_log_partition, elbo
+from lvebm_lightning.metrics.evaluation import QUADRATURE_MAX_DIM, data_nll, quadrature, sample_distances
+from lvebm_lightning.module import LVEBMModule
+from lvebm_lightning.seeding import STREAM_EVAL, make_generator
+
+CHUNK = 65536
+"""Chains moved at once (sample and infer move larger requests chunk by chunk, from one generator)."""
+
+SPLITS = ("val", "test")
+EVAL_DEFAULTS = {
+    "elbo_samples": 64, "quadrature_points": 64, "box_margin": 0.3, "ais_chains": 256, "ais_temperatures": 200,
+    "max_edge_mass": 1e-3, "box_widenings": 3,
+}
+"""``evaluate``'s settings when the checkpoint's config has none (those of ``callbacks.metrics.EvaluationMetrics``)."""
+
+
+class InferenceError(ValueError):
+    """A request that cannot be served (wrong dimension, missing pool, bad count); one line with the fix."""
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready for inference: the module (eval mode), its step, training config and negative pool."""
+
+    module: LVEBMModule
+    path: Path
+    step: int
+    config: dict[str, Any] | None
+    pool: Tensor | None  # [M, dx + dz], standardised units
+    _run_data: Any = None
+
+    def run_data(self) -> Any:
+        """The run's own data module (splits in data units under ``.raw``), rebuilt from the checkpoint's config."""
+        if not self.config or "data" not in self.config:
+            raise InferenceError(
+                f"{self.path} holds no training config, so the run's data cannot be rebuilt; pass data=<file>."
+            )
+        if self._run_data is None:
+            self._run_data = hydra.utils.instantiate(self.config["data"]).prepare()
+        return self._run_data
+
+    @property
+    def dx(self) -> int:
+        return self.module.dx
+
+    @property
+    def dz(self) -> int:
+        return self.module.dz
+
+    def generator(self, seed: int | None, *keys: int) -> torch.Generator:
+        """The evaluation stream of rank 0 at the checkpoint's step (the validation callback's), or of ``seed``."""
+        base = self.module.seed if seed is None else seed
+        return make_generator(self.module.device, base, 0, STREAM_EVAL, self.step, *keys)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError(f"device={device} was asked for but no CUDA device is available; use device=cpu.")
+    return torch.device(device)
+
+
+def load(ckpt: str | Path | LoadedModel, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a checkpoint of ``train.py`` (``torch.load(weights_only=True)``) into a ``LoadedModel``."""
+    if isinstance(ckpt, LoadedModel):
+        return ckpt
+    state = read_checkpoint(ckpt, key="ckpt")
+    module = LVEBMModule(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    module.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    pool_state = state.get("callbacks", {}).get("NegativePool") or {}
+    pool = pool_state.get("pool")
+    return LoadedModel(
+        module=module,
+        path=Path(ckpt).expanduser(),
+        step=int(state.get("global_step", 0)),
+        config=state.get("config"),
+        pool=pool.to(module.device) if pool is not None else None,
+    )
+
+
+def load_data(model: LoadedModel, data: str | Path | np.ndarray | Tensor, name: str = "data") -> Tensor:
+    """Data ``[B, dx]`` in data units from a file, an array or a split name, checked against the model's dx."""
+    if isinstance(data, str) and data in SPLITS:
+        return model.run_data().raw[data]
+    if isinstance(data, (str, Path)):
+        x = torch.from_numpy(load_array(Path(data).expanduser()))
+        source = str(data)
+    else:
+        x = torch.as_tensor(np.asarray(data) if not isinstance(data, Tensor) else data, dtype=torch.float32)
+        source = f"the {name} array"
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise InferenceError(f"{source} must be 2-D [B, dx] with B >= 1, got shape {tuple(x.shape)}.")
+    if x.shape[1] != model.dx:
+        raise InferenceError(
+            f"{source} has {x.shape[1]} columns but the model was trained on dx={model.dx}; pass data with "
+            f"{model.dx} columns (one datum per row)."
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise InferenceError(f"{source} holds non-finite values; drop or fill those rows.")
+    return x.to(torch.float32)
+
+
+def _check_positive(**values: Any) -> None:
+    for key, value in values.items():
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            raise InferenceError(f"{key} must be a positive number, got {value!r}.")
+
+
+@torch.no_grad()
+def sample(
+    ckpt: str | Path | LoadedModel,
+    n: int | None = 10_000,
+    *,
+    pairs: bool = False,
+    source: str = "chains",
+    n_steps: int | None = None,
+    step_size: float | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Model samples x ``[n, dx]`` (data units), or (x, z) with z ``[n, dz]`` when ``pairs``.
+
+    Args:
+        n: how many; with ``source="pool"`` at most the pool size M, None for the whole pool.
+        pairs: also return the latents z of each sample.
+        source: ``chains`` (fresh long chains from N(0, I): the model's own distribution) or ``pool`` (the
+            persistent negative pool saved in the checkpoint).
+        n_steps, step_size: T_eval and h_eval of the chains (default: the run's ``sampler.eval``).
+        seed: the chains' random stream (default: the run's evaluation stream at the checkpoint's step).
+    """
+    if source not in ("chains", "pool"):
+        raise InferenceError(f"source must be chains or pool, got {source!r}.")
+    if n is None and source == "chains":
+        raise InferenceError("n (how many samples) is needed for source=chains; n=null means all only for the pool.")
+    if n is not None and not isinstance(n, int):
+        raise InferenceError(f"n must be a whole number, got {n!r}.")
+    _check_positive(n=n, step_size=step_size)
+    if n_steps is not None and (not isinstance(n_steps, int) or n_steps < 0):
+        raise InferenceError(f"n_steps must be a whole number >= 0, got {n_steps!r}.")
+    model = load(ckpt, device)
+    if source == "pool":
+        if model.pool is None:
+            raise InferenceError(f"{model.path} holds no negative pool; use source=chains.")
+        if n is not None and n > model.pool.shape[0]:
+            raise InferenceError(
+                f"the checkpoint's pool holds {model.pool.shape[0]} pairs, fewer than n={n}; ask for at most "
+                f"{model.pool.shape[0]} (or n=null for all) or use source=chains."
+            )
+        xz = model.pool[:n]
+    else:
+        generator = model.generator(seed)
+        xz = torch.cat([
+            model.module.sample_joint(min(CHUNK, n - start), n_steps, step_size, generator)
+            for start in range(0, n, CHUNK)
+        ])
+    x = model.module.to_data_units(xz[:, : model.dx]).cpu().numpy()
+    if not pairs:
+        return x
+    return x, xz[:, model.dx :].cpu().numpy()
+
+
+@torch.no_grad()
+def infer(
+    ckpt: str | Path | LoadedModel,
+    data: str | Path | np.ndarray | Tensor,
+    n_particles: int = 64,
+    *,
+    n_steps: int | None = None,
+    step_size: float | None = None,
+    seed: int | None = None,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Posterior particles ``[B, K, dz]`` of z | x_b for data ``[B, dx]`` (data units; a file, an array, or
+    ``val`` / ``test`` for a split of the run's own data): K fresh conditional chains per datum.
+
+    Args:
+        n_particles: K, particles per datum.
+        n_steps, step_size: T and h of the conditional chains (default: T_eval and the posterior h_z).
+        seed: the chains' random stream (default: the run's evaluation stream at the checkpoint's step).
+    """
+    _check_positive(n_particles=n_particles, step_size=step_size)
+    if not isinstance(n_particles, int):
+        raise InferenceError(f"n_particles must be a whole number, got {n_particles!r}.")
+    if n_steps is not None and (not isinstance(n_steps, int) or n_steps < 0):
+        raise InferenceError(f"n_steps must be a whole number >= 0, got {n_steps!r}.")
+    model = load(ckpt, device)
+    if model.dz == 0:
+        raise InferenceError(f"{model.path} is a model without latents (model.dz=0): there is no z to infer.")
+    x = load_data(model, data)
+    x_std = model.module.to_standard_units(x.to(model.module.device))
+    generator = model.generator(seed, 1)
+    rows = max(1, CHUNK // n_particles)
+    z = [
+        model.module.infer(chunk, n_particles, n_steps, step_size, generator)
+        for chunk in x_std.split(rows)
+    ]
+    return torch.cat(z).cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate(
+    ckpt: str | Path | LoadedModel,
+    data: str | Path | np.ndarray | Tensor = "test",
+    *,
+    n_samples: int | None = None,
+    n_particles: int | None = None,
+    elbo_samples: int | None = None,
+    quadrature_points: int | None = None,
+    box_margin: float | None = None,
+    ais_chains: int | None = None,
+    ais_temperatures: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """W2, exact NLL (dx + dz <= 3) and ELBO of the checkpoint on ``data`` (data units: a file, an array, or
+    ``val`` / ``test`` for a split of the run's own data), as a dict of plain numbers and strings.
+
+    Every setting left at None takes the run's own (``callbacks.metrics`` of the config in the checkpoint), else
+    the callback's default, so that the numbers are comparable with those logged in training.
+
+    Args:
+        n_samples: model samples and data points for W2.
+        n_particles: K posterior particles per datum for the ELBO's mixture q (default: the training K).
+        elbo_samples: S draws from each q_b.
+        quadrature_points, box_margin: the quadrature grid per dimension, and the box's widening.
+        ais_chains, ais_temperatures: AIS for log Z when dx + dz > 3 (the ELBO then inherits its upward bias).
+    """
+    given = {
+        "n_samples": n_samples, "elbo_samples": elbo_samples, "quadrature_points": quadrature_points,
+        "box_margin": box_margin, "ais_chains": ais_chains, "ais_temperatures": ais_temperatures,
+    }
+    _check_positive(n_particles=n_particles, **given)
+    model = load(ckpt, device)
+    module, dev = model.module, model.module.device
+    x = load_data(model, data)
+    run = {**EVAL_DEFAULTS, "n_samples": module.evaluation["n_samples"]}
+    run.update(((model.config or {}).get("callbacks") or {}).get("metrics") or {})
+    settings = {k: v if v is not None else run[k] for k, v in given.items()}
+    n_samples, elbo_samples = int(settings["n_samples"]), int(settings["elbo_samples"])
+    quadrature_points, box_margin = int(settings["quadrature_points"]), float(settings["box_margin"])
+    train_x = _training_data(model)
+    if train_x is not None:  # as in training: the floor is W2(training data, data), the box covers training data
+        data_w2, reference, reference_name, cover = x, train_x, "training split", train_x
+    elif len(x) >= 2:  # two disjoint halves of the data, so that the floor compares independent samples
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
+        data_w2, reference, reference_name, cover = x[order[: len(x) // 2]], x[order[len(x) // 2 :]], "half", x
+    else:
+        raise InferenceError("the W2 floor needs at least 2 data rows when the training data cannot be rebuilt.")
+
+    model_xz = module.sample_joint(n_samples, generator=model.generator(None))
+    model_x = module.to_data_units(model_xz[:, : model.dx]).cpu()
+    pool_x = module.to_data_units(model.pool[:, : model.dx]).cpu() if model.pool is not None else None
+    n = min(n_samples, len(data_w2), len(reference), len(model_x))
+    distances = sample_distances(model_x, data_w2, reference, n, pool_x)
+    out: dict[str, Any] = {k: float(v) for k, v in distances.items()}
+
+    x_std = module.to_standard_units(x.to(dev))
+    log_det = module.data_std.log().sum()
+    box = None
+    if model.dx + model.dz <= QUADRATURE_MAX_DIM:
+        cover_std = module.to_standard_units(cover[:n_samples].to(dev))
+        box = quadrature(
+            module.energy, model.dx, model.dz, cover_std, model_xz, quadrature_points, box_margin,
+            float(run["max_edge_mass"]), int(run["box_widenings"]),
+        )
+        nll = data_nll(module.energy, x_std, model.dz, box, log_det)
+        out.update(nll=float(nll.mean()), quadrature_edge_mass=float(box["edge_mass"]), log_z=float(box["log_z"]))
+    if model.dz > 0:
+        if box is not None:
+            log_z, out["log_z_method"] = box["log_z"], "quadrature"
+        else:
+            result = ais_log_partition(
+                module.energy, model.dx, model.dz, n_chains=int(settings["ais_chains"]),
+                n_temperatures=int(settings["ais_temperatures"]),
+                generator=model.generator(None, 3),
+            )
+            log_z, out["log_z"], out["log_z_method"] = result.log_z, float(result.log_z), "ais"
+        k = int(n_particles or module.posterior.n_particles)
+        particles = torch.from_numpy(infer(model, x, k, seed=None))
+        bounds = elbo(
+            module.energy, x_std, particles.to(dev), log_z, elbo_samples, model.generator(None, 4)
+        )
+        out.update(
+            elbo=float((bounds.elbo - log_det.double()).mean()),
+            iw_bound=float((bounds.iw_bound - log_det.double()).mean()),
+            elbo_particles=k,
+        )
+    out.update(
+        n_data=len(x), n_w2=n, w2_floor_reference=reference_name, step=model.step, checkpoint=str(model.path),
+        data=str(data) if isinstance(data, (str, Path)) else "array",
+    )
+    return out
+
+
+def _training_data(model: LoadedModel) -> Tensor | None:
+    """The run's training split (data units), rebuilt from the checkpoint's config; None if it cannot be."""
+    if not model.config or "data" not in model.config:
+        return None
+    try:
+        return model.run_data().raw["train"]
+    except (ValueError, OSError):  # the training file moved or is gone: the caller falls back to the data given
+        return None

@@ -1,0 +1,80 @@
+"""A model's evaluation (DESIGN.md section 5) from its energy and sample clouds, in the data's own units.
+
+Shared by the validation / test callback (``callbacks.metrics``) and by ``lvebm-eval``
+(``lvebm_lightning.inference.evaluate``), so that both compute the same numbers from the same inputs:
+
+- ``sample_distances``: W2 of the model's samples to the data, its floor (W2 of a reference data sample of the
+  same size to the data), W2 of the negative pool, their ratio, and sliced W2 when dx > 3; each W2 subsamples
+  with its own fixed generator, so equal inputs give equal values.
+- ``quadrature``: log Z on a box that covers the training data and the model's samples (dx + dz <= 3), and
+  ``data_nll``: the exact -log p(x) per datum in data units, -log p_std(s(x)) + sum_d log sigma_d.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lvebm_lightning.metrics.quadrature import Energy, choose_box, log_marginal, log_partition
+from lvebm_lightning.metrics.wasserstein import sliced_w2, w2
+
+QUADRATURE_MAX_DIM = 3
+"""Exact likelihood by quadrature only when dx + dz <= 3 (the grid costs n_points^(dx + dz) energies)."""
+
+
+def sample_distances(
+    model_x: Tensor, data: Tensor, reference_x: Tensor, n: int, pool_x: Tensor | None = None
+) -> dict[str, Tensor]:
+    """W2 (``w2``), its floor (``w2_floor``), the pool's W2 (``w2_pool``), ``w2_ratio`` = w2 / w2_floor and, when
+    dx > 3, ``sliced_w2``; all between clouds ``[*, dx]`` in data units, on at most n points a side."""
+    out = {
+        "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
+        "w2_floor": w2(reference_x, data, n, torch.Generator().manual_seed(1)),
+    }
+    if pool_x is not None:
+        out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
+    if model_x.shape[1] > QUADRATURE_MAX_DIM:
+        out["sliced_w2"] = sliced_w2(model_x, data[:n])
+    out["w2_ratio"] = out["w2"] / out["w2_floor"]
+    return out
+
+
+def quadrature(
+    energy: Energy,
+    dx: int,
+    dz: int,
+    train_x: Tensor,
+    model_xz: Tensor,
+    n_points: int,
+    margin: float,
+    max_edge_mass: float = 1e-3,
+    widenings: int = 3,
+) -> dict[str, Any]:
+    """log Z on a box over training data ``[n, dx]`` and model pairs ``[m, dx + dz]`` (standardised units), the
+    box widened by ``margin`` of its range on each side: ``{"log_z", "edge_mass", "lo", "hi", "n_points"}``.
+    The data's z extent is taken from the model's z (data have none). Samples can miss the tails, so while more
+    than ``max_edge_mass`` of exp(-E) lies in the outer cells the box grows 1.5-fold, at most ``widenings`` times;
+    the final edge mass is returned for the user to see."""
+    x_cover = torch.cat([train_x, model_xz[:, :dx]])
+    z_cover = model_xz[:, dx:]
+    xz_cover = torch.cat([x_cover, torch.cat([z_cover, z_cover[: len(train_x)]])], dim=-1)
+    lo, hi = choose_box(xz_cover.to(torch.float64), margin=margin)
+    lo, hi = lo.to(torch.float32), hi.to(torch.float32)
+    result = log_partition(energy, dx, dz, lo, hi, n_points)
+    for _ in range(widenings):
+        if result.edge_mass <= max_edge_mass:
+            break
+        centre, half = (hi + lo) / 2, (hi - lo) / 2
+        lo, hi = centre - 1.5 * half, centre + 1.5 * half
+        result = log_partition(energy, dx, dz, lo, hi, n_points)
+    return {"log_z": result.log_z, "edge_mass": result.edge_mass, "lo": lo, "hi": hi, "n_points": n_points}
+
+
+def data_nll(energy: Energy, x_std: Tensor, dz: int, box: dict[str, Any], log_det: Tensor | float) -> Tensor:
+    """-log p(x) ``[B]`` (float64) in data units for standardised data ``[B, dx]``, with ``box`` from
+    ``quadrature`` and ``log_det`` = sum_d log sigma_d of the standardisation."""
+    dx = x_std.shape[-1]
+    log_p = log_marginal(energy, x_std, dz, box["lo"][dx:], box["hi"][dx:], box["n_points"]) - box["log_z"]
+    return -log_p + log_det
