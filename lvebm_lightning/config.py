@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 
@@ -59,18 +57,6 @@ def expected_world_size(cfg: DictConfig) -> int | None:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
-def _check_launch(cfg: DictConfig, world: int | None) -> None:
-    """Hydra multirun (``-m``) cannot drive DDP: Lightning starts ranks 1..W-1 by re-running the command line,
-    so every rank would run the whole sweep again."""
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    ddp = (world is None and "ddp" in str(cfg.trainer.get("strategy", "auto"))) or (world or 1) > 1
-    if multirun and ddp:
-        raise ConfigError(
-            "Hydra multirun (-m) cannot launch DDP (trainer.devices / trainer.num_nodes > 1): run each configuration "
-            "as its own `python train.py trainer.devices=N ...` (a shell loop or a W&B sweep agent), or drop -m."
-        )
-
-
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first value in ``cfg`` that training cannot use."""
     for system in ("posterior", "negative"):
@@ -104,7 +90,6 @@ def validate(cfg: DictConfig) -> None:
             f"({cfg.sampler.negative.batch_size} per rank x {world} rank(s)); raise the pool size or lower "
             "sampler.negative.batch_size."
         )
-    _check_launch(cfg, world)
     if cfg.trainer.get("use_distributed_sampler", True):  # Lightning's default is true
         raise ConfigError(
             "trainer.use_distributed_sampler must be false: the data module shards the data by rank itself so that "

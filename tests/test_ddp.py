@@ -285,17 +285,6 @@ def test_too_few_data_for_the_ranks_is_rejected_before_training(make_cfg):
     assert not Path(cfg.paths.output_dir).exists()
 
 
-def test_hydra_multirun_with_ddp_is_rejected(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "train.py", "-m", "debug=fast", "trainer=ddp_cpu", "trainer.devices=2", "seed=0,1",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Hydra multirun (-m) cannot launch DDP" in proc.stderr
-    assert not list((tmp_path / "sweep").rglob("*.ckpt"))
-
-
 @pytest.mark.parametrize(
     ("saved_world", "done", "world", "epoch", "skip"),
     [(2, 2, 2, 0, 2), (2, 2, 1, 0, 4), (1, 4, 2, 0, 2), (1, 8, 2, 1, 0)],
