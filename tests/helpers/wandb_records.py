@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,8 +56,21 @@ class OfflineRun:
     exit_code: int | None = None
 
 
-def read_offline_run(run_dir: Path) -> OfflineRun:
-    """Parse ``run_dir/run-*.wandb`` (an ``offline-run-*`` folder)."""
+def read_offline_run(run_dir: Path, timeout: float = 15.0) -> OfflineRun:
+    """Parse ``run_dir/run-*.wandb`` (an ``offline-run-*`` folder) once W&B has written its exit record.
+
+    ``wandb.finish()`` can return before W&B's service process has flushed the file, so this waits (up to
+    ``timeout`` seconds) for the exit record that closes a finished run; a run without one is parsed as it is.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _parse(run_dir)
+        if run.exit_code is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _parse(run_dir: Path) -> OfflineRun:
     (path,) = Path(run_dir).glob("run-*.wandb")
     run = OfflineRun()
     for raw in _records(path):
