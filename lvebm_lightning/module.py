@@ -232,7 +232,7 @@ class LVEBMModule(pl.LightningModule):
         what = ", ".join(names)
         message = (
             f"Non-finite {what} at step {self.global_step} ({self.bad_steps} bad step(s) in a row). Remedies: a "
-            "smaller Langevin step size (sampler.*.step_size) or learning rate (model.optimizer.lr), a larger "
+            "smaller Langevin step size (sampler.*.step_size) or learning rate (model.lr), a larger "
             "alpha (model.alpha), spectral norm (model.energy.spectral_norm=true) or confinement "
             "(model.energy.gamma)."
         )

@@ -15,12 +15,13 @@ from typing import Any
 import hydra.utils
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from lvebm_lightning.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint
+from lvebm_lightning.checkpointing import AtomicCheckpointIO, CheckpointGuard, check_compatible, read_checkpoint
 from lvebm_lightning.config import validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
-from lvebm_lightning.module import LVEBMModule
+from lvebm_lightning.module import LVEBMModule, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(cfg, datamodule)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if ckpt is not None:  # architecture, K and pool size, before anything is written
+        check_compatible(ckpt, cfg.ckpt_path, model=model, pool_size=int(cfg.sampler.negative.pool_size))
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.run_config = run_config
+    guard = CheckpointGuard(run_config)
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), guard]
     loggers = instantiate_loggers(cfg.get("logger"), ckpt.get("wandb_run_id") if ckpt else None)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -92,7 +97,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with warnings.catch_warnings():
         # Lightning warns that manual-optimization checkpoints hold the post-step state: that is what we save.
         warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        except TrainingDiverged as err:
+            last = guard.last_checkpoint_path(trainer)
+            kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
+            raise TrainingDiverged(f"{err} ({kept})") from None
+        except SIGTERMException:
+            raise SIGTERMException(
+                f"stopped by SIGTERM at step {trainer.global_step}; saved {guard.sigterm_checkpoint}, resume with "
+                f"ckpt_path={guard.sigterm_checkpoint}"
+            ) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
