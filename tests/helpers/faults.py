@@ -18,33 +18,86 @@ from lvebm_lightning.langevin import LangevinConfig
 
 class PoisonLatents(pl.Callback):
     """Before training batch number ``batch`` (counted over the whole run), set the latent particles of that
-    batch's data to NaN: one non-finite conditional system, which the module must detect."""
+    batch's data to NaN: one non-finite conditional system, which the module must detect. ``record`` (class
+    level) holds the parameters before and after that batch and the batch's particles after it."""
+
+    record: dict[str, Any] = {}
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
 
+    def _poisoned(self, trainer: pl.Trainer) -> bool:
+        return trainer.fit_loop.epoch_loop.total_batch_idx == self.batch
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.fit_loop.epoch_loop.total_batch_idx == self.batch:
+        if self._poisoned(trainer):
             _, index = batch
             store = pl_module.posterior.store
             store.set(index, torch.full_like(store.get(index), float("nan")))
+            PoisonLatents.record = {
+                "step": trainer.global_step, "before": [p.detach().clone() for p in pl_module.parameters()]
+            }
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._poisoned(trainer):
+            PoisonLatents.record.update(
+                step_after=trainer.global_step,
+                after=[p.detach().clone() for p in pl_module.parameters()],
+                particles_after=pl_module.posterior.store.get(batch[1]).clone(),
+            )
+
+
+class SpikeEnergy(pl.Callback):
+    """During training batch number ``batch`` only, add 3e38 to the energy's output bias: every energy stays
+    finite (just below the float32 maximum 3.4e38) and the particles are unaffected (a constant has no
+    gradient in x or z), but d(alpha E^2)/dE = 2 alpha E overflows, so the parameter gradient is non-finite."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.saved: torch.Tensor | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop.total_batch_idx == self.batch:
+            bias = pl_module.energy.net[-1].bias
+            self.saved = bias.detach().clone()
+            with torch.no_grad():
+                bias.add_(3.0e38)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+        if self.saved is not None:
+            with torch.no_grad():
+                pl_module.energy.net[-1].bias.copy_(self.saved)
+            self.saved = None
+
+
+class CorruptParameters(pl.Callback):
+    """Right after optimizer step ``step`` (before ModelCheckpoint saves it), set one weight to NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.energy.parameters())[0, 0] = float("nan")
 
 
 class BlowUpNegativeChains(pl.Callback):
     """From optimizer step ``step`` on, run the joint (negative) kernel with step size ``step_size``: with a
     confining energy E >= (gamma / 2)|xz|^2 and h gamma > 2 each Langevin step multiplies |xz| by about
-    h gamma - 1, so the pool overflows to inf / NaN within a few steps, a genuine divergence of the chains."""
+    h gamma - 1, so the pool overflows to inf / NaN within a few steps, a genuine divergence of the chains.
+    ``checkpoint_bytes`` (class level) holds last.ckpt as it was when the divergence began."""
+
+    checkpoint_bytes: bytes = b""
 
     def __init__(self, step: int, step_size: float = 1.0e3, n_steps: int = 20) -> None:
         self.step, self.config = step, LangevinConfig(step_size=step_size, n_steps=n_steps)
-        self.checkpoint_bytes: bytes | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step >= self.step and pl_module.negative_config is not self.config:
             pl_module.negative_config = self.config
-            last = trainer.checkpoint_callback.dirpath and f"{trainer.checkpoint_callback.dirpath}/last.ckpt"
-            with open(last, "rb") as f:
-                self.checkpoint_bytes = f.read()
+            with open(f"{trainer.checkpoint_callback.dirpath}/last.ckpt", "rb") as f:
+                BlowUpNegativeChains.checkpoint_bytes = f.read()
 
 
 class RestoreProbe(pl.Callback):
