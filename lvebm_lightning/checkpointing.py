@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,20 +66,23 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, non-finite or does not fit the run."""
 
 
-def _all_ranks_finite(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` holds on every rank (a collective under DDP)."""
+def _agree(flag: bool, device: torch.device, every_rank: bool) -> bool:
+    """Whether ``flag`` holds on every rank (``every_rank``) or on any rank: a collective under DDP."""
     value = torch.tensor(float(flag), device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN if every_rank else dist.ReduceOp.MAX)
     return bool(value > 0)
 
 
 class CheckpointGuard(pl.Callback):
     """Keeps checkpoints complete and trustworthy.
 
-    - On SIGTERM (Lightning turns it into ``SIGTERMException`` on every rank) it writes ``last.ckpt`` before
-      the process exits, so a scheduler's pre-emption loses nothing. Every rank takes part (the particle store
-      and the pool are gathered from all ranks); only rank 0 writes.
+    - On SIGTERM it writes ``last.ckpt`` and stops (``SIGTERMException``), so a scheduler's pre-emption loses
+      nothing. Its signal handler only sets a flag: Lightning's own handler starts a collective inside the
+      handler, which deadlocks DDP when the signal lands while a rank is in another collective. The ranks
+      agree on the flag at the end of every training batch (one all-reduce), then every rank raises, takes
+      part in the save (the particle store and the pool are gathered from all ranks) and rank 0 writes. A
+      SIGTERM during validation is acted on at the next training batch.
     - It adds the W&B run id (``wandb_run_id``) and the resolved run config (``config``, plain containers) to
       every checkpoint, so a resumed run continues the same W&B run.
     - It refuses (raises ``CheckpointError``) to write a checkpoint whose energy parameters, latent particles or
@@ -90,6 +95,7 @@ class CheckpointGuard(pl.Callback):
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.config = config
         self.sigterm_checkpoint: Path | None = None
+        self._sigterm = False
 
     @staticmethod
     def last_checkpoint_path(trainer: pl.Trainer) -> Path:
@@ -108,7 +114,7 @@ class CheckpointGuard(pl.Callback):
         pool = checkpoint.get("callbacks", {}).get("NegativePool", {}).get("pool")
         if pool is not None and not bool(torch.isfinite(pool).all()):
             bad.append("negative pool")
-        if not _all_ranks_finite(not bad, pl_module.device):
+        if not _agree(not bad, pl_module.device, every_rank=True):
             raise CheckpointError(
                 f"Refused to write a checkpoint at step {trainer.global_step}: non-finite values in "
                 f"{', '.join(bad) or 'another rank'}; the last good checkpoint is kept."
@@ -117,11 +123,24 @@ class CheckpointGuard(pl.Callback):
         run_ids = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         checkpoint["wandb_run_id"] = run_ids[0] if run_ids else None
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Replaces the handler Lightning registered for this fit; Lightning restores the previous one at teardown.
+        self._sigterm = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if _agree(self._sigterm, pl_module.device, every_rank=False):
+            raise SIGTERMException()
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return
         path = self.last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.sigterm_checkpoint = path
         rank_zero_info(f"SIGTERM: saved {path} at step {trainer.global_step}; resume with ckpt_path={path}")
 
