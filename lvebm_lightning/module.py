@@ -246,7 +246,7 @@ class LVEBMModule(pl.LightningModule):
             "(model.energy.gamma)."
         )
         if self.divergence["policy"] == "raise" or self.bad_steps >= int(self.divergence["max_consecutive"]):
-            raise TrainingDiverged(message + " Training stopped; the last good checkpoint is kept.")
+            raise TrainingDiverged(message + " Training stopped.")
         rank_zero_warn(message + " Skipped the update.")
         if self.posterior.store is not None:
             stored = self.posterior.store.get(index)

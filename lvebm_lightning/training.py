@@ -1,7 +1,8 @@
 """``train(cfg)``: what ``python train.py`` does, top to bottom.
 
-Check the config, check the checkpoint to resume from, load and check the data; only then build the model,
-callbacks, loggers and trainer, fit (resuming from ``ckpt_path``), and test.
+Check the config, check the checkpoint to resume from, load and check the data, build the model and check that
+it fits the checkpoint; only then create callbacks, loggers and trainer (the first things that write), fit
+(resuming from ``ckpt_path``), and test.
 """
 
 from __future__ import annotations
@@ -79,13 +80,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     ckpt = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     datamodule: LVEBMDataModule = hydra.utils.instantiate(cfg.data).prepare()
-    if ckpt is not None:
-        check_compatible(ckpt, cfg.ckpt_path, dx=datamodule.dim, dz=int(cfg.model.dz), n_data=datamodule.n_train)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(cfg, datamodule)
-    if ckpt is not None:  # architecture, K and pool size, before anything is written
-        check_compatible(ckpt, cfg.ckpt_path, model=model, pool_size=int(cfg.sampler.negative.pool_size))
+    if ckpt is not None:  # data, architecture, K and pool size, before anything is written
+        check_compatible(
+            ckpt, cfg.ckpt_path, model=model, pool_size=int(cfg.sampler.negative.pool_size),
+            dx=datamodule.dim, dz=int(cfg.model.dz), n_data=datamodule.n_train,
+        )
     run_config = OmegaConf.to_container(cfg, resolve=True)
     model.run_config = run_config
     guard = CheckpointGuard(run_config)
@@ -101,8 +103,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         except TrainingDiverged as err:
             last = guard.last_checkpoint_path(trainer)
-            kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was written yet"
-            raise TrainingDiverged(f"{err} ({kept})") from None
+            kept = f"The last good checkpoint is kept: {last}." if last.is_file() else "No checkpoint was written yet."
+            raise TrainingDiverged(f"{err} {kept}") from None
         except SIGTERMException:
             raise SIGTERMException(
                 f"stopped by SIGTERM at step {trainer.global_step}; saved {guard.sigterm_checkpoint}, resume with "

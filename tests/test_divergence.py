@@ -4,6 +4,8 @@ and a run that stops leaves its last good checkpoint intact and resumable."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -20,6 +22,7 @@ BASE = [
     "trainer.max_steps=12", "callbacks.model_checkpoint.every_n_train_steps=2", "+trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
 ]
+ROOT = Path(__file__).resolve().parents[1]
 REMEDIES = ("step_size", "model.lr", "model.alpha", "spectral_norm")
 
 
@@ -93,7 +96,8 @@ def test_runaway_negative_chains_stop_the_run_and_keep_the_last_good_checkpoint(
     message = str(info.value)
     assert "\n" not in message
     assert f"Non-finite negative pool, E_neg at step 6 ({bad_steps} bad step(s) in a row)" in message
-    assert all(r in message for r in REMEDIES) and f"last good checkpoint: {last}" in message
+    assert all(r in message for r in REMEDIES)
+    assert message.endswith(f"Training stopped. The last good checkpoint is kept: {last}.")
     skipped = [w for w in caught if "Skipped the update" in str(w.message)]
     assert len(skipped) == bad_steps - 1
 
@@ -117,3 +121,17 @@ def test_a_checkpoint_with_non_finite_parameters_is_never_written(make_cfg):
                                               r"energy\.net\.0\.weight; the last good checkpoint is kept"):
         train(cfg)
     assert torch.load(last, weights_only=True)["global_step"] == 2
+
+
+def test_train_py_reports_a_divergence_in_one_line_and_exits_1(tmp_path):
+    """A config whose joint chains blow up from the first step (h gamma = 1000): nothing good to keep."""
+    result = subprocess.run(
+        [sys.executable, "train.py", "debug=fast", "trainer.accelerator=cpu", *BASE, "model.energy.gamma=1.0",
+         "sampler.negative.step_size=1000", "sampler.negative.n_steps=20", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    last_line = result.stderr.splitlines()[-1]
+    assert last_line.startswith("lvebm: training diverged: Non-finite negative pool, E_neg at step 0 (10 bad step")
+    assert last_line.endswith("Training stopped. No checkpoint was written yet.")
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

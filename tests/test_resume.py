@@ -8,16 +8,19 @@ the checkpoint guard. The stop happens at a validation step, at the end of an ep
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from google.protobuf.message import DecodeError
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lvebm_lightning.training import train
 from tests.conftest import compose_config
+from tests.helpers.checkpoints import assert_identical, training_state
 from tests.helpers.faults import RestoreProbe
+from tests.helpers.wandb_records import OfflineRun, read_offline_run
 
 N_STEPS = 20  # 2n; 8 batches an epoch (debug=fast: 512 data, batch 64), validation every 6 batches
 BASE = [
@@ -35,42 +38,6 @@ def poison(batch: int | None) -> list[str]:
 def stop(step: int, sigterm: bool) -> list[str]:
     return ["+callbacks.stop._target_=tests.helpers.faults.StopAt", f"+callbacks.stop.step={step}",
             f"+callbacks.stop.sigterm={sigterm}"]
-
-
-def training_state(path: Path) -> dict[str, Any]:
-    """What must continue exactly: parameters, both particle systems, every generator, optimizer, scheduler,
-    the data order and the step."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    pool = ckpt["callbacks"]["NegativePool"]
-    return {
-        "global_step": ckpt["global_step"],
-        "state_dict": ckpt["state_dict"],
-        "particles": ckpt["lvebm"]["particles"],
-        "latent_generators": ckpt["lvebm"]["generator_states"],
-        "skipped_steps": ckpt["lvebm"]["skipped_steps"],
-        "pool": pool["pool"],
-        "pool_generators": pool["generator_states"],
-        "optimizer": ckpt["optimizer_states"],
-        "scheduler": ckpt["lr_schedulers"],
-        "data_order": ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"],
-    }
-
-
-def assert_identical(a: Any, b: Any, where: str = "") -> None:
-    """Recursive equality; tensors with ``torch.equal`` (same shape, dtype and every bit of every value)."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        same = a.dtype == b.dtype and torch.equal(a, b)
-        assert same, f"{where} differs"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 _references: dict[int | None, Path] = {}
@@ -131,3 +98,37 @@ def test_n_plus_n_steps_equal_2n_steps_bit_for_bit(case, reference, tmp_path):
     final = training_state(resumed / "checkpoints" / "last.ckpt")
     assert final["global_step"] == N_STEPS
     assert_identical(final, training_state(reference(poison_batch)), case)
+
+
+def read_finished_run(run_dir: Path, timeout: float = 30.0) -> OfflineRun:
+    """The offline run's records once its log is complete: W&B's service may still be appending to the
+    transaction log for a moment after ``finish()`` returns (a truncated last record, or no run record yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            record = read_offline_run(run_dir)
+            if record.run_id:
+                return record
+        except DecodeError:
+            pass
+        assert time.monotonic() < deadline, f"{run_dir}: no complete W&B run record after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    """W&B offline: the checkpoint records the run id (and the resolved config, as plain containers that
+    ``weights_only=True`` loads) and the resumed run logs to that same id."""
+    wandb_run = [o for o in BASE if o != "logger=csv"] + ["logger=wandb"]
+    train(compose_config(tmp_path / "first", wandb_run + stop(4, False)))
+    saved_path = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(saved_path, weights_only=True)
+    (first_run,) = (tmp_path / "first" / "wandb").glob("offline-run-*")
+    run_id = read_finished_run(first_run).run_id
+    assert run_id and ckpt["wandb_run_id"] == run_id
+    assert ckpt["config"]["model"]["dz"] == 1 and ckpt["config"]["trainer"]["max_steps"] == N_STEPS
+
+    train(compose_config(tmp_path / "resumed", wandb_run + [f"ckpt_path={saved_path}"]))
+    (resumed_run,) = (tmp_path / "resumed" / "wandb").glob("offline-run-*")
+    record = read_finished_run(resumed_run)
+    assert record.run_id == run_id
+    assert min(row["trainer/global_step"] for row in record.history) >= 4
