@@ -35,13 +35,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Torch checkpoint IO that writes to a temporary file, fsyncs it and renames it into place.
 
     A process killed during a write leaves its temporary file ``.<name>.<random>.tmp`` behind; the next write
-    of the same checkpoint removes such leftovers.
+    into the same folder removes such leftovers (one process writes a run's checkpoints, one at a time).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        for stale in path.parent.glob(".*.ckpt.*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

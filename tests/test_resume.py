@@ -63,6 +63,9 @@ CASES = {
     "stop_at_the_end_of_an_epoch": (8, False, None),
     "stop_after_a_skipped_update": (10, False, 3),
     "sigterm_after_validation_with_a_skipped_update": (11, True, 3),
+    # last.ckpt then comes from the SIGTERM save alone: the resumed run must still write last.ckpt, not
+    # last-v1.ckpt (ModelCheckpoint's version counter would leave a stale last.ckpt to resume from next time).
+    "sigterm_before_the_first_periodic_checkpoint": (1, True, None),
 }
 
 
@@ -81,7 +84,7 @@ def test_n_plus_n_steps_equal_2n_steps_bit_for_bit(case, reference, tmp_path):
     assert saved["global_step"] == n
     assert saved["skipped_steps"] == (0 if poison_batch is None else 1)
 
-    resumed = tmp_path / "resumed"
+    resumed = first  # in place, as after a pre-emption: ``python train.py ckpt_path=<run>/checkpoints/last.ckpt``
     RestoreProbe.seen = {}
     train(compose_config(resumed, BASE + poison(poison_batch) + [
         f"ckpt_path={saved_path}", "+callbacks.probe._target_=tests.helpers.faults.RestoreProbe",
@@ -97,6 +100,7 @@ def test_n_plus_n_steps_equal_2n_steps_bit_for_bit(case, reference, tmp_path):
     # And it ends exactly where the uninterrupted run ends.
     final = training_state(resumed / "checkpoints" / "last.ckpt")
     assert final["global_step"] == N_STEPS
+    assert sorted(p.name for p in (resumed / "checkpoints").glob("last*")) == ["last.ckpt"]
     assert_identical(final, training_state(reference(poison_batch)), case)
 
 
