@@ -96,6 +96,7 @@ def training_state(path: Path) -> dict[str, Any]:
         "parameters": ckpt["state_dict"], "particles": ckpt["lvebm"]["particles"], "pool": pool["pool"],
         "generators": [ckpt["lvebm"]["generator_states"], pool["generator_states"]],
         "optimizer": ckpt["optimizer_states"], "scheduler": ckpt["lr_schedulers"], "step": ckpt["global_step"],
+        "data_order": ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"],
     }
 
 
@@ -141,6 +142,7 @@ def soak(args: argparse.Namespace, work: Path, startup: float, rng: random.Rando
     seen = Soak()
     t0 = time.monotonic()
     while True:
+        leftovers = set(last.parent.glob(".last.ckpt.*.tmp"))  # from an earlier mid-write kill
         proc = launch(args, run, resume=last.is_file())
         seen.launches += 1
         if time.monotonic() - t0 > args.duration:
@@ -151,7 +153,7 @@ def soak(args: argparse.Namespace, work: Path, startup: float, rng: random.Rando
         if kind == "SIGKILL mid-write":
             # Wait for training to run, then for the next write of last.ckpt to begin.
             alive = wait_until(lambda: heartbeat(run) is not None, proc) and wait_until(
-                lambda: any(last.parent.glob(".last.ckpt.*.tmp")), proc)
+                lambda old=leftovers: bool(set(last.parent.glob(".last.ckpt.*.tmp")) - old), proc)
         else:
             deadline = time.monotonic() + rng.uniform(0.5 * startup, startup + args.window)
             alive = wait_until(lambda end=deadline: time.monotonic() > end, proc)

@@ -82,7 +82,9 @@ class CheckpointGuard(pl.Callback):
       handler, which deadlocks DDP when the signal lands while a rank is in another collective. The ranks
       agree on the flag at the end of every training batch (one all-reduce), then every rank raises, takes
       part in the save (the particle store and the pool are gathered from all ranks) and rank 0 writes. A
-      SIGTERM during validation is acted on at the next training batch.
+      SIGTERM during validation is acted on at the next training batch. The ModelCheckpoint must not version
+      ``last.ckpt`` (``enable_version_counter: false``, as in ``conf/callbacks/default.yaml``), or the resumed
+      run would write ``last-v1.ckpt`` next to this one.
     - It adds the W&B run id (``wandb_run_id``) and the resolved run config (``config``, plain containers) to
       every checkpoint, so a resumed run continues the same W&B run.
     - It refuses (raises ``CheckpointError``) to write a checkpoint whose energy parameters, latent particles or
@@ -124,8 +126,9 @@ class CheckpointGuard(pl.Callback):
         checkpoint["wandb_run_id"] = run_ids[0] if run_ids else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Replaces the handler Lightning registered for this fit; Lightning restores the previous one at teardown.
-        self._sigterm = False
+        # Replaces the handler Lightning registered for this fit (keeping a SIGTERM it caught while restoring);
+        # Lightning restores the previous handler at teardown.
+        self._sigterm = bool(trainer.received_sigterm)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_sigterm)
 

@@ -136,3 +136,18 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     record = read_finished_run(resumed_run)
     assert record.run_id == run_id
     assert min(row["trainer/global_step"] for row in record.history) >= 4
+
+
+def test_a_chain_of_resumes_equals_one_run(reference, tmp_path):
+    """Resumed runs are stopped again: by SIGTERM at an epoch's last batch, then at the next epoch's end (so
+    the resumed run saves at an epoch's end), then by SIGTERM mid-epoch. Lightning's epoch counter lags by
+    one after a restart at an epoch's end; a data order that followed it replayed an epoch here."""
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    with pytest.raises(SIGTERMException):
+        train(compose_config(run, BASE + stop(8, True)))
+    train(compose_config(run, BASE + stop(16, False) + [f"ckpt_path={last}"]))
+    with pytest.raises(SIGTERMException):
+        train(compose_config(run, BASE + stop(19, True) + [f"ckpt_path={last}"]))
+    train(compose_config(run, BASE + [f"ckpt_path={last}"]))
+    assert_identical(training_state(last), training_state(reference(None)), "chain of resumes")

@@ -138,9 +138,9 @@ class LVEBMDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _progress(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
+    def _progress(self) -> int:
+        """Training batches consumed so far in the run (saved in checkpoints and restored on resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self._rank()
