@@ -14,7 +14,7 @@ until ``--duration`` seconds have passed; the last launch then runs to ``--max-s
 ``last.ckpt`` must load with ``torch.load(weights_only=True)``. A heartbeat callback records the last finished
 optimizer step, so the steps lost by a kill are (heartbeat step) - (last.ckpt's step): at most the checkpoint
 interval for SIGKILL and zero for SIGTERM. At the end the soaked run's parameters, particles, pool, generators,
-optimizer and scheduler are compared bit for bit with the reference run's (CPU, one process).
+optimizer, scheduler and data order are compared bit for bit with the reference run's (CPU, one process).
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ def main() -> None:
     print(f"wall time: reference {reference_s:.0f} s, soaked {soak_s:.0f} s (x{soak_s / reference_s:.2f}); "
           f"start-up {startup:.1f} s a launch")
     same = "yes" if not diffs else f"NO ({', '.join(diffs[:5])})"
-    print(f"final parameters, particles, pool, generators, optimizer, scheduler equal the uninterrupted run's "
-          f"bit for bit: {same}")
+    print(f"final parameters, particles, pool, generators, optimizer, scheduler, data order equal the uninterrupted "
+          f"run's bit for bit: {same}")
     survived = all(len(seen.lost[k]) == seen.kills[k] for k in KINDS)
     bounded = all(max(seen.lost[k], default=0) <= (0 if k == "SIGTERM" else args.every) for k in KINDS)
     sys.exit(0 if survived and bounded and not diffs and not leftovers else 1)
