@@ -1,14 +1,24 @@
 """Checks of a composed config, run before any data is read or anything is written.
 
-Hydra already rejects unknown keys; this catches values that are well-formed but wrong (a zero step size,
-K < 1, a pool smaller than the negative batch) and says which key to change.
+``check_overrides`` composes the config from the command line as Hydra will, before Hydra creates a run
+directory, and turns a wrong key or config-group option into one line. ``validate`` catches values that are
+well-formed but wrong (an unknown dataset, a zero step size, K < 1, a pool smaller than the negative batch) and
+says which key to change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from lvebm_lightning.data.systems import DATASETS
 
 
 class ConfigError(ValueError):
@@ -57,8 +67,72 @@ def expected_world_size(cfg: DictConfig) -> int | None:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
+    """Compose ``config_name`` with command-line ``overrides`` as Hydra will and ``validate`` it; raise a
+    one-line ``ConfigError`` on an unknown key (``model.lrr=1``), an unknown option of a group (``data=foo``),
+    bad override syntax or a value training cannot use.
+
+    Meant to run before ``@hydra.main``, which would otherwise create a run directory first and print a
+    multi-line report. Leaves Hydra's global state cleared.
+    """
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    except MissingConfigException as err:
+        missing = err.missing_cfg_file or ""
+        group, _, option = missing.rpartition("/")
+        if group and err.options:
+            raise ConfigError(
+                f"unknown {group} option '{option}' ({group}={option}); choose one of: {', '.join(err.options)}."
+            ) from None
+        raise ConfigError(_one_line(str(err))) from None
+    except OverrideParseException as err:
+        raise ConfigError(
+            f"cannot parse the command line ({_one_line(str(err).splitlines()[0])}); write overrides as key=value "
+            "(quote values with spaces or special characters)."
+        ) from None
+    except Exception as err:  # Hydra wraps OmegaConf's errors; the cause names the key
+        cause = err.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+            key = cause.full_key
+            raise ConfigError(
+                f"unknown config key '{key}'; check its spelling (python train.py --cfg job prints every key)."
+            ) from None
+        raise ConfigError(_one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    value = _get(cfg, key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}.")
+    return float(value)
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first value in ``cfg`` that training cannot use."""
+    name = cfg.data.name
+    if name == "file":
+        if not cfg.data.get("path"):
+            raise ConfigError("data=file needs the data file: data.path=<file.npy|.npz|.csv>.")
+        for key in ("data.val_fraction", "data.test_fraction"):
+            if not 0.0 < _number(cfg, key) < 1.0:
+                raise ConfigError(f"{key} must lie in (0, 1), got {_get(cfg, key)}.")
+    elif name not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset data.name={name!r}; choose one of: {', '.join(sorted(DATASETS))}, or data=file "
+            "data.path=<your file>."
+        )
+    else:
+        for key in ("data.n_train", "data.n_val", "data.n_test"):
+            _positive(cfg, key, int)
     for system in ("posterior", "negative"):
         _positive(cfg, f"sampler.{system}.step_size")
         _positive(cfg, f"sampler.{system}.n_steps", int)
@@ -73,11 +147,11 @@ def validate(cfg: DictConfig) -> None:
         _positive(cfg, "sampler.eval.step_size")
     _positive(cfg, "data.batch_size", int)
     _positive(cfg, "model.lr")
-    if not 0.0 <= float(cfg.sampler.negative.reinit_prob) <= 1.0:
+    if not 0.0 <= _number(cfg, "sampler.negative.reinit_prob") <= 1.0:
         raise ConfigError(f"sampler.negative.reinit_prob must lie in [0, 1], got {cfg.sampler.negative.reinit_prob}.")
-    if int(cfg.model.dz) < 0:
-        raise ConfigError(f"model.dz must be >= 0, got {cfg.model.dz}.")
-    if float(cfg.model.alpha) < 0:
+    if _number(cfg, "model.dz") < 0 or int(cfg.model.dz) != cfg.model.dz:
+        raise ConfigError(f"model.dz must be a whole number >= 0, got {cfg.model.dz}.")
+    if _number(cfg, "model.alpha") < 0:
         raise ConfigError(f"model.alpha must be >= 0, got {cfg.model.alpha}.")
     if cfg.sampler.posterior.kind not in ("persistent", "short_run"):
         raise ConfigError(
@@ -97,5 +171,4 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.model.divergence.policy not in ("skip", "raise"):
         raise ConfigError(f"model.divergence.policy must be skip or raise, got {cfg.model.divergence.policy!r}.")
-    if int(cfg.model.divergence.max_consecutive) < 1:
-        raise ConfigError(f"model.divergence.max_consecutive must be >= 1, got {cfg.model.divergence.max_consecutive}.")
+    _positive(cfg, "model.divergence.max_consecutive", int)

@@ -194,6 +194,7 @@ class LVEBMModule(pl.LightningModule):
         if bool(finite.min() < 1):
             names = [n for n, ok in zip(("latent particles", "negative pool", "E_pos", "E_neg"), finite) if ok < 1]
             self._bad_step(names, x, index, pool_idx)
+            self._log_step(loss, e_pos, e_neg, z, xz_neg, torch.full((), float("nan"), device=self.device))
             return loss.detach()
 
         self.manual_backward(loss)
@@ -202,6 +203,7 @@ class LVEBMModule(pl.LightningModule):
         if not bool(torch.isfinite(grad_norm)):
             opt.zero_grad(set_to_none=True)
             self._bad_step(["parameter gradient"], x, index, pool_idx)
+            self._log_step(loss, e_pos, e_neg, z, xz_neg, grad_norm)
             return loss.detach()
         if self.gradient_clip is not None:
             self.clip_gradients(opt, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm")
@@ -209,6 +211,14 @@ class LVEBMModule(pl.LightningModule):
         sched.step()
         self.bad_steps = 0
 
+        self._log_step(loss, e_pos, e_neg, z, xz_neg, grad_norm)
+        return loss.detach()
+
+    def _log_step(
+        self, loss: Tensor, e_pos: Tensor, e_neg: Tensor, z: Tensor, xz_neg: Tensor, grad_norm: Tensor
+    ) -> None:
+        """Log the step's energies, scales and norms, non-finite ones included (a skipped step logs its own
+        values rather than repeating the previous step's), so a divergence shows before it stops the run."""
         e_pos_mean, e_neg_mean = e_pos.detach().mean(), e_neg.detach().mean()
         self.log_dict(
             {"train/loss": loss.detach(), "train/e_pos": e_pos_mean, "train/e_neg": e_neg_mean},
@@ -221,12 +231,11 @@ class LVEBMModule(pl.LightningModule):
                 "train/energy_scale": torch.cat([e_pos.detach().flatten(), e_neg.detach()]).abs().mean(),
                 "train/z_norm": z.norm(dim=-1).mean(),
                 "train/neg_norm": xz_neg.norm(dim=-1).mean(),
-                "train/lr": torch.tensor(sched.get_last_lr()[0]),
+                "train/lr": torch.tensor(self.lr_schedulers().get_last_lr()[0]),
                 "train/skipped_steps": float(self.skipped_steps),
             },
             on_step=True, on_epoch=False,
         )
-        return loss.detach()
 
     def _all_ranks_min(self, flags: Tensor) -> Tensor:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -240,12 +249,12 @@ class LVEBMModule(pl.LightningModule):
         what = ", ".join(names)
         message = (
             f"Non-finite {what} at step {self.global_step} ({self.bad_steps} bad step(s) in a row). Remedies: a "
-            "smaller Langevin step size (sampler.*.step_size) or learning rate (model.optimizer.lr), a larger "
+            "smaller Langevin step size (sampler.*.step_size) or learning rate (model.lr), a larger "
             "alpha (model.alpha), spectral norm (model.energy.spectral_norm=true) or confinement "
             "(model.energy.gamma)."
         )
         if self.divergence["policy"] == "raise" or self.bad_steps >= int(self.divergence["max_consecutive"]):
-            raise TrainingDiverged(message + " Training stopped; the last good checkpoint is kept.")
+            raise TrainingDiverged(message + " Training stopped.")
         rank_zero_warn(message + " Skipped the update.")
         if self.posterior.store is not None:
             stored = self.posterior.store.get(index)

@@ -1,7 +1,8 @@
 """``train(cfg)``: what ``python train.py`` does, top to bottom.
 
-Check the config, check the checkpoint to resume from, load and check the data; only then build the model,
-callbacks, loggers and trainer, fit (resuming from ``ckpt_path``), and test.
+Check the config, check the checkpoint to resume from, load and check the data, build the model and check that
+it fits the checkpoint; only then create callbacks, loggers and trainer (the first things that write), fit
+(resuming from ``ckpt_path``), and test.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Any
 import hydra.utils
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from lvebm_lightning import tracking
-from lvebm_lightning.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint
+from lvebm_lightning.checkpointing import AtomicCheckpointIO, CheckpointGuard, check_compatible, read_checkpoint
 from lvebm_lightning.config import ConfigError, expected_world_size, validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
-from lvebm_lightning.module import LVEBMModule
+from lvebm_lightning.module import LVEBMModule, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     ckpt = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     datamodule: LVEBMDataModule = hydra.utils.instantiate(cfg.data).prepare()
-    if ckpt is not None:
-        check_compatible(ckpt, cfg.ckpt_path, dx=datamodule.dim, dz=int(cfg.model.dz), n_data=datamodule.n_train)
     world = expected_world_size(cfg)
     if world is not None and datamodule.n_train < world:
         raise ConfigError(
@@ -97,8 +97,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     model = build_model(cfg, datamodule)
+    if ckpt is not None:  # data, architecture, K and pool size, before anything is written
+        check_compatible(
+            ckpt, cfg.ckpt_path, model=model, pool_size=int(cfg.sampler.negative.pool_size),
+            dx=datamodule.dim, dz=int(cfg.model.dz), n_data=datamodule.n_train,
+        )
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    guard = CheckpointGuard()
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), guard]
     loggers = instantiate_loggers(cfg.get("logger"), resume=tracking.resume_state(ckpt) if ckpt else None)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -112,7 +118,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Under DDP the evaluation metrics are computed from samples gathered from every rank and are the same
         # on every rank, so Lightning's advice to reduce them across ranks (sync_dist) does not apply.
         warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        except TrainingDiverged as err:
+            last = guard.last_checkpoint_path(trainer)
+            kept = f"The last good checkpoint is kept: {last}." if last.is_file() else "No checkpoint was written yet."
+            raise TrainingDiverged(f"{err} {kept}") from None
+        except SIGTERMException:
+            raise SIGTERMException(
+                f"stopped by SIGTERM at step {trainer.global_step}; saved {guard.sigterm_checkpoint}, resume with "
+                f"ckpt_path={guard.sigterm_checkpoint}"
+            ) from None
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, verbose=False)

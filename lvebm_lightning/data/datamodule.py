@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lvebm_lightning.data.files import load_array
+from lvebm_lightning.data.files import DataFileError, load_array
 from lvebm_lightning.data.sampler import ResumableLoader, ShardedBatchSampler
 from lvebm_lightning.data.systems import get_dataset
 
@@ -114,7 +114,7 @@ class LVEBMDataModule(pl.LightningDataModule):
         n = x.shape[0]
         n_val, n_test = int(round(n * val_fraction)), int(round(n * test_fraction))
         if n - n_val - n_test < 2 or n_val < 1 or n_test < 1:
-            raise ValueError(
+            raise DataFileError(
                 f"{self.path}: {n} rows cannot be split into train / val / test with data.val_fraction="
                 f"{val_fraction} and data.test_fraction={test_fraction}; supply more rows or change the fractions."
             )
@@ -138,9 +138,9 @@ class LVEBMDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _progress(self) -> tuple[int, int]:
-        loop = self.trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.processed
+    def _progress(self) -> int:
+        """Training batches consumed so far in the run (saved in checkpoints and restored on resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
 
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self._rank()
