@@ -23,6 +23,12 @@ def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
         raise ConfigError(f"{key} must be a whole number, got {value!r}.")
 
 
+def _non_negative_int(cfg: DictConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}; set {key}=<value >= 0>.")
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
@@ -59,9 +65,13 @@ def expected_world_size(cfg: DictConfig) -> int | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first value in ``cfg`` that training cannot use."""
+    amortised = cfg.sampler.posterior.kind == "amortised"
     for system in ("posterior", "negative"):
         _positive(cfg, f"sampler.{system}.step_size")
-        _positive(cfg, f"sampler.{system}.n_steps", int)
+        if system == "posterior" and amortised:  # the encoder's samples need no refinement: T_z = 0 is allowed
+            _non_negative_int(cfg, "sampler.posterior.n_steps")
+        else:
+            _positive(cfg, f"sampler.{system}.n_steps", int)
         if _get(cfg, f"sampler.{system}.grad_clip") is not None:
             _positive(cfg, f"sampler.{system}.grad_clip")
     _positive(cfg, "sampler.posterior.n_particles", int)
@@ -79,10 +89,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.dz must be >= 0, got {cfg.model.dz}.")
     if float(cfg.model.alpha) < 0:
         raise ConfigError(f"model.alpha must be >= 0, got {cfg.model.alpha}.")
-    if cfg.sampler.posterior.kind not in ("persistent", "short_run"):
+    if cfg.sampler.posterior.kind not in ("persistent", "short_run", "amortised"):
         raise ConfigError(
-            f"sampler.posterior.kind must be persistent or short_run, got {cfg.sampler.posterior.kind!r}."
+            f"sampler.posterior.kind must be persistent, short_run or amortised, got {cfg.sampler.posterior.kind!r}."
         )
+    if amortised:
+        if int(cfg.model.dz) < 1:
+            raise ConfigError("sampler=amortised needs latents: set model.dz >= 1 (or use another sampler).")
+        encoder = cfg.sampler.posterior.get("encoder") or {}
+        for key, kind in (("width", int), ("depth", int), ("lr", float)):
+            if key in encoder:
+                _positive(cfg, f"sampler.posterior.encoder.{key}", kind)
     world = expected_world_size(cfg)
     if world is not None and int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:
         raise ConfigError(
