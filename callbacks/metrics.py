@@ -245,10 +245,10 @@ class EvaluationMetrics(pl.Callback):
         out = {"elbo": gathered[0], "iw_bound": gathered[1]}
         if self._quadrature is not None:
             out["train_log_lik"] = gathered[2]
-        if pl_module.posterior.trainable:
-            out["elbo_encoder"] = gathered[-1]
         else:
             out["log_z_ais"] = torch.tensor(float(log_z))
+        if pl_module.posterior.trainable:
+            out["elbo_encoder"] = gathered[-1]
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

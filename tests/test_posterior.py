@@ -28,6 +28,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lvebm_lightning.config import ConfigError, validate
 from lvebm_lightning.data.systems import LinearGaussian
 from lvebm_lightning.energy import MLPEnergy
 from lvebm_lightning.langevin import LangevinConfig
@@ -194,6 +195,16 @@ def test_amortised_needs_latents():
         build_posterior("amortised", dx=2, dz=0, n_particles=1, langevin=LangevinConfig(step_size=0.01, n_steps=0))
 
 
+def test_config_checks_of_the_amortised_sampler(make_cfg):
+    validate(make_cfg("sampler=amortised", "sampler.posterior.n_steps=0"))  # the encoder's samples as they are
+    with pytest.raises(ConfigError, match="sampler.posterior.n_steps"):
+        validate(make_cfg("sampler.posterior.n_steps=0"))  # persistent particles that never move: refused
+    with pytest.raises(ConfigError, match="model.dz >= 1"):
+        validate(make_cfg("sampler=amortised", "model.dz=0"))
+    with pytest.raises(ConfigError, match="sampler.posterior.encoder.lr"):
+        validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.lr=0"))
+
+
 def train_recorded(cfg: Any) -> tuple[dict[str, float], OptimizerRecorder]:
     """``train(cfg)`` with an ``OptimizerRecorder`` in its callbacks; the metrics and that recorder."""
     RECORDS.clear()
@@ -210,6 +221,7 @@ def test_amortised_training_steps_both_optimizers_and_resumes_the_encoder(make_c
     metrics, recorder = train_recorded(cfg)
     run = Path(cfg.paths.output_dir)
     assert math.isfinite(metrics["val/elbo_encoder"]) and metrics["val/elbo_encoder"] < metrics["val/train_log_lik"]
+    assert "val/log_z_ais" not in metrics  # dx + dz = 3: log Z by quadrature, as for the other strategies
     # Two optimizers, the second over the encoder's parameters exactly.
     energy_opt, encoder_opt = recorder.optimizers
     assert {id(p) for g in encoder_opt.param_groups for p in g["params"]} == recorder.encoder_params
