@@ -15,8 +15,10 @@ Every validation (and test) epoch:
   the held-out data (``obs/<name>_data``).
 - **ELBO** of the posterior particles of ``n_elbo`` training data: q_i is a Gaussian mixture around the
   particles (``lvebm_lightning.metrics.elbo``), ``elbo`` and the tighter importance-weighted ``iw_bound``, and
-  beside them the exact ``train_log_lik`` of the same data when quadrature applies. In higher dimension log Z
-  comes from AIS (``log_z_ais``; the bounds then inherit its upward bias).
+  beside them the exact ``train_log_lik`` of the same data when quadrature applies. The particles are the
+  persistent ones, fresh short-run chains, or the amortised encoder's (refined) samples, as in training; for the
+  encoder its own exact density gives ``elbo_encoder`` = E_q[-E] + H(q) - log Z, with no bandwidth. In higher
+  dimension log Z comes from AIS (``log_z_ais``; the bounds then inherit its upward bias).
 
 Under DDP every rank draws its share of the model samples, scores its shard of the held-out data and of the
 ELBO data, and runs its share of the AIS chains; the rows are gathered from every rank with torchmetrics ``cat``
@@ -224,7 +226,11 @@ class EvaluationMetrics(pl.Callback):
             index = torch.arange(trainer.global_rank, len(train_x), trainer.world_size)
             index = index[: self._per_rank(self.n_elbo, trainer)]
             x = train_x[index].to(device)
-            particles = pl_module.infer(x, pl_module.posterior.n_particles, pl_module.posterior.config.n_steps)
+            if pl_module.posterior.trainable:  # the strategy's own particles: encoder samples, refined
+                generator = pl_module.eval_generator(pl_module.global_step, 6)
+                particles = pl_module.posterior.particles(pl_module.energy, x, index, generator)
+            else:
+                particles = pl_module.infer(x, pl_module.posterior.n_particles, pl_module.posterior.config.n_steps)
         result = elbo(
             pl_module.energy, x, particles, log_z, self.elbo_samples, pl_module.eval_generator(pl_module.global_step, 4)
         )
@@ -232,12 +238,17 @@ class EvaluationMetrics(pl.Callback):
         rows = [result.elbo - log_det, result.iw_bound - log_det]
         if self._quadrature is not None:
             rows.append(-data_nll(pl_module.energy, x, pl_module.dz, self._quadrature, log_det))
+        if pl_module.posterior.trainable:  # the encoder's exact density: its ELBO needs no bandwidth
+            generator = pl_module.eval_generator(pl_module.global_step, 7)
+            rows.append(pl_module.posterior.elbo(pl_module.energy, x, self.elbo_samples, generator) - log_z - log_det)
         gathered = self._gather(torch.stack(rows, dim=-1).float(), device).mean(0)
         out = {"elbo": gathered[0], "iw_bound": gathered[1]}
         if self._quadrature is not None:
             out["train_log_lik"] = gathered[2]
         else:
             out["log_z_ais"] = torch.tensor(float(log_z))
+        if pl_module.posterior.trainable:
+            out["elbo_encoder"] = gathered[-1]
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

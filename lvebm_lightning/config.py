@@ -33,6 +33,12 @@ def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
         raise ConfigError(f"{key} must be a whole number, got {value!r}.")
 
 
+def _non_negative_int(cfg: DictConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}; set {key}=<value >= 0>.")
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
@@ -133,9 +139,13 @@ def validate(cfg: DictConfig) -> None:
     else:
         for key in ("data.n_train", "data.n_val", "data.n_test"):
             _positive(cfg, key, int)
+    amortised = cfg.sampler.posterior.kind == "amortised"
     for system in ("posterior", "negative"):
         _positive(cfg, f"sampler.{system}.step_size")
-        _positive(cfg, f"sampler.{system}.n_steps", int)
+        if system == "posterior" and amortised:  # the encoder's samples need no refinement: T_z = 0 is allowed
+            _non_negative_int(cfg, "sampler.posterior.n_steps")
+        else:
+            _positive(cfg, f"sampler.{system}.n_steps", int)
         if _get(cfg, f"sampler.{system}.grad_clip") is not None:
             _positive(cfg, f"sampler.{system}.grad_clip")
     _positive(cfg, "sampler.posterior.n_particles", int)
@@ -153,10 +163,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.dz must be a whole number >= 0, got {cfg.model.dz}.")
     if _number(cfg, "model.alpha") < 0:
         raise ConfigError(f"model.alpha must be >= 0, got {cfg.model.alpha}.")
-    if cfg.sampler.posterior.kind not in ("persistent", "short_run"):
+    if cfg.sampler.posterior.kind not in ("persistent", "short_run", "amortised"):
         raise ConfigError(
-            f"sampler.posterior.kind must be persistent or short_run, got {cfg.sampler.posterior.kind!r}."
+            f"sampler.posterior.kind must be persistent, short_run or amortised, got {cfg.sampler.posterior.kind!r}."
         )
+    if amortised:
+        if int(cfg.model.dz) < 1:
+            raise ConfigError("sampler=amortised needs latents: set model.dz >= 1 (or use another sampler).")
+        encoder = cfg.sampler.posterior.get("encoder") or {}
+        for key, kind in (("width", int), ("depth", int), ("lr", float)):
+            if key in encoder:
+                _positive(cfg, f"sampler.posterior.encoder.{key}", kind)
     world = expected_world_size(cfg)
     if world is not None and int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:
         raise ConfigError(

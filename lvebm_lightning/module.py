@@ -92,6 +92,7 @@ class LVEBMModule(pl.LightningModule):
             n_particles=posterior.pop("n_particles", 1),
             init_scale=posterior.pop("init_scale", 1.0),
             langevin=_langevin_config(posterior),
+            dx=dx, dz=dz, encoder=posterior.pop("encoder", None),
         )
         self.negative_config = _langevin_config(negative)
         self.negative_batch_size = int(negative["batch_size"])
@@ -150,7 +151,10 @@ class LVEBMModule(pl.LightningModule):
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        config = {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if self.posterior.trainable:  # a second optimizer, for the posterior's own parameters (an encoder's phi)
+            return [config, {"optimizer": self.posterior.configure_optimizer()}]
+        return config
 
     # -- energies ---------------------------------------------------------------------------------------------
     def _sampling(self) -> Any:
@@ -169,12 +173,13 @@ class LVEBMModule(pl.LightningModule):
         if batch_idx == 0 and self.posterior.store is not None:
             # Once an epoch: a sampler that does not shard by rank would move another rank's particles silently.
             self.posterior.store.check_owned(index)
-        opt = self.optimizers()
+        opt, posterior_opt = self._optimizers()
         sched = self.lr_schedulers()
         pool = self.negative_pool
 
         with self._sampling():
             z = self.posterior.particles(self.energy, x, index, self.generator)
+            posterior_loss = self.posterior.loss(self.energy, x, self.generator) if self.posterior.trainable else None
             pool_idx, xz_neg = pool.draw(self.negative_batch_size)
             xz_neg, _ = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
         pool.write(pool_idx, xz_neg)
@@ -191,16 +196,22 @@ class LVEBMModule(pl.LightningModule):
         ]).to(torch.float32)
         finite = self._all_ranks_min(finite)
         opt.zero_grad(set_to_none=True)
+        if posterior_opt is not None:
+            posterior_opt.zero_grad(set_to_none=True)
         if bool(finite.min() < 1):
             names = [n for n, ok in zip(("latent particles", "negative pool", "E_pos", "E_neg"), finite) if ok < 1]
             self._bad_step(names, x, index, pool_idx)
             self._log_step(loss, e_pos, e_neg, z, xz_neg, torch.full((), float("nan"), device=self.device))
             return loss.detach()
 
-        self.manual_backward(loss)
+        # One backward of both losses: each reaches only its own parameters (theta or phi), and under DDP one
+        # backward that touches every parameter is what the gradient reducer expects.
+        self.manual_backward(loss if posterior_loss is None else loss + posterior_loss)
         grads = [p.grad for p in self.energy.parameters() if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        if not bool(torch.isfinite(grad_norm)):
+        # A non-finite encoder gradient drops the whole update too.
+        posterior_grad_norm = 0.0 if posterior_loss is None else self._grad_norm(self.posterior.parameters())
+        if not bool(torch.isfinite(grad_norm + posterior_grad_norm)):
             opt.zero_grad(set_to_none=True)
             self._bad_step(["parameter gradient"], x, index, pool_idx)
             self._log_step(loss, e_pos, e_neg, z, xz_neg, grad_norm)
@@ -208,6 +219,11 @@ class LVEBMModule(pl.LightningModule):
         if self.gradient_clip is not None:
             self.clip_gradients(opt, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm")
         opt.step()
+        if posterior_opt is not None:
+            # Through the strategy (precision plugin, hooks) but not LightningOptimizer.step, which would count a
+            # second global step per batch: global_step counts batches (DESIGN.md section 1).
+            self.trainer.strategy.optimizer_step(posterior_opt.optimizer, closure=lambda: None)
+            self.log("train/posterior_loss", posterior_loss.detach(), on_step=True, on_epoch=False)
         sched.step()
         self.bad_steps = 0
 
@@ -236,6 +252,18 @@ class LVEBMModule(pl.LightningModule):
             },
             on_step=True, on_epoch=False,
         )
+
+    def _optimizers(self) -> tuple[Any, Any]:
+        """The energy's optimizer and the trainable posterior's (None when the posterior has no parameters)."""
+        optimizers = self.optimizers()
+        if isinstance(optimizers, list):
+            return optimizers[0], optimizers[1]
+        return optimizers, None
+
+    @staticmethod
+    def _grad_norm(parameters: Any) -> Tensor:
+        grads = [p.grad for p in parameters if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
     def _all_ranks_min(self, flags: Tensor) -> Tensor:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
