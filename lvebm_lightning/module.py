@@ -61,7 +61,8 @@ class LVEBMModule(pl.LightningModule):
         alpha: weight of the energy-magnitude regulariser alpha (E_pos^2 + E_neg^2).
         gradient_clip: clip the parameter gradient norm to this value (None: no clipping).
         divergence: ``{"policy": "skip" | "raise", "max_consecutive": int}``.
-        evaluation: ``{"n_steps", "step_size", "n_samples"}``: fresh long chains for the model's samples.
+        evaluation: ``{"n_steps", "step_size", "n_samples", "metropolis"}``: fresh long chains for the model's
+            samples (``step_size`` and ``metropolis`` None: those of the negative kernel).
         seed: the base seed of every rank's generators.
     """
 
@@ -261,10 +262,18 @@ class LVEBMModule(pl.LightningModule):
     def to_standard_units(self, x: Tensor) -> Tensor:
         return (x - self.data_mean) / self.data_std
 
-    def eval_config(self, n_steps: int | None = None, step_size: float | None = None) -> LangevinConfig:
+    def eval_config(
+        self, n_steps: int | None = None, step_size: float | None = None, metropolis: bool | None = None
+    ) -> LangevinConfig:
+        """The evaluation kernel: T_eval steps of h_eval (default h_n), with the negative kernel's Metropolis
+        setting unless ``evaluation.metropolis`` says otherwise, so that evaluation samples the law the pool
+        was trained against."""
+        if metropolis is None:
+            metropolis = self.evaluation.get("metropolis")
         return LangevinConfig(
             step_size=step_size or self.evaluation["step_size"] or self.negative_config.step_size,
             n_steps=self.evaluation["n_steps"] if n_steps is None else n_steps,
+            metropolis=self.negative_config.metropolis if metropolis is None else bool(metropolis),
         )
 
     def eval_generator(self, *keys: int) -> torch.Generator:
@@ -292,7 +301,9 @@ class LVEBMModule(pl.LightningModule):
         """Posterior particles ``[B, K, dz]`` for data ``[B, dx]`` (standardised) from fresh conditional chains."""
         generator = generator or self.eval_generator(self.global_step, 1)
         z = torch.randn(x_std.shape[0], n_particles, self.dz, generator=generator, device=self.device)
-        config = self.eval_config(n_steps, step_size or self.posterior.config.step_size)
+        config = self.eval_config(
+            n_steps, step_size or self.posterior.config.step_size, self.posterior.config.metropolis
+        )
         with self._sampling():
             return conditional_langevin(self.energy, x_std, z, config, generator)
 
