@@ -177,7 +177,7 @@ class LVEBMModule(pl.LightningModule):
         with self._sampling():
             z = self.posterior.particles(self.energy, x, index, self.generator)
             pool_idx, xz_neg = pool.draw(self.negative_batch_size)
-            xz_neg, _ = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
+            xz_neg, neg_accept = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
         pool.write(pool_idx, xz_neg)
 
         xk = x.unsqueeze(1).expand(-1, z.shape[1], -1)
@@ -227,6 +227,9 @@ class LVEBMModule(pl.LightningModule):
             },
             on_step=True, on_epoch=False,
         )
+        if self.negative_config.metropolis:
+            # MALA's acceptance of the pool's moves: near 0 means h_n is too large for the current energy.
+            self.log("train/neg_accept", neg_accept, on_step=True, on_epoch=False)
         return loss.detach()
 
     def _all_ranks_min(self, flags: Tensor) -> Tensor:
