@@ -61,7 +61,8 @@ class LVEBMModule(pl.LightningModule):
         alpha: weight of the energy-magnitude regulariser alpha (E_pos^2 + E_neg^2).
         gradient_clip: clip the parameter gradient norm to this value (None: no clipping).
         divergence: ``{"policy": "skip" | "raise", "max_consecutive": int}``.
-        evaluation: ``{"n_steps", "step_size", "n_samples"}``: fresh long chains for the model's samples.
+        evaluation: ``{"n_steps", "step_size", "n_samples", "metropolis"}``: fresh long chains for the model's
+            samples (``step_size`` and ``metropolis`` None: those of the negative kernel).
         seed: the base seed of every rank's generators.
     """
 
@@ -181,7 +182,7 @@ class LVEBMModule(pl.LightningModule):
             z = self.posterior.particles(self.energy, x, index, self.generator)
             posterior_loss = self.posterior.loss(self.energy, x, self.generator) if self.posterior.trainable else None
             pool_idx, xz_neg = pool.draw(self.negative_batch_size)
-            xz_neg, _ = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
+            xz_neg, neg_accept = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
         pool.write(pool_idx, xz_neg)
 
         xk = x.unsqueeze(1).expand(-1, z.shape[1], -1)
@@ -228,6 +229,9 @@ class LVEBMModule(pl.LightningModule):
         self.bad_steps = 0
 
         self._log_step(loss, e_pos, e_neg, z, xz_neg, grad_norm)
+        if self.negative_config.metropolis:
+            # MALA's acceptance of the pool's moves: near 0 means h_n is too large for the current energy.
+            self.log("train/neg_accept", neg_accept, on_step=True, on_epoch=False)
         return loss.detach()
 
     def _log_step(
@@ -298,10 +302,18 @@ class LVEBMModule(pl.LightningModule):
     def to_standard_units(self, x: Tensor) -> Tensor:
         return (x - self.data_mean) / self.data_std
 
-    def eval_config(self, n_steps: int | None = None, step_size: float | None = None) -> LangevinConfig:
+    def eval_config(
+        self, n_steps: int | None = None, step_size: float | None = None, metropolis: bool | None = None
+    ) -> LangevinConfig:
+        """The evaluation kernel: T_eval steps of h_eval (default h_n), with the negative kernel's Metropolis
+        setting unless ``evaluation.metropolis`` says otherwise, so that evaluation samples the law the pool
+        was trained against."""
+        if metropolis is None:
+            metropolis = self.evaluation.get("metropolis")
         return LangevinConfig(
             step_size=step_size or self.evaluation["step_size"] or self.negative_config.step_size,
             n_steps=self.evaluation["n_steps"] if n_steps is None else n_steps,
+            metropolis=self.negative_config.metropolis if metropolis is None else bool(metropolis),
         )
 
     def eval_generator(self, *keys: int) -> torch.Generator:
@@ -329,7 +341,9 @@ class LVEBMModule(pl.LightningModule):
         """Posterior particles ``[B, K, dz]`` for data ``[B, dx]`` (standardised) from fresh conditional chains."""
         generator = generator or self.eval_generator(self.global_step, 1)
         z = torch.randn(x_std.shape[0], n_particles, self.dz, generator=generator, device=self.device)
-        config = self.eval_config(n_steps, step_size or self.posterior.config.step_size)
+        config = self.eval_config(
+            n_steps, step_size or self.posterior.config.step_size, self.posterior.config.metropolis
+        )
         with self._sampling():
             return conditional_langevin(self.energy, x_std, z, config, generator)
 

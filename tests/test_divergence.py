@@ -124,10 +124,12 @@ def test_a_checkpoint_with_non_finite_parameters_is_never_written(make_cfg):
 
 
 def test_train_py_reports_a_divergence_in_one_line_and_exits_1(tmp_path):
-    """A config whose joint chains blow up from the first step (h gamma = 1000): nothing good to keep."""
+    """A config whose unadjusted joint chains blow up from the first step (h gamma = 1000; MALA would reject
+    such moves): nothing good to keep."""
     result = subprocess.run(
         [sys.executable, "train.py", "debug=fast", "trainer.accelerator=cpu", *BASE, "model.energy.gamma=1.0",
-         "sampler.negative.step_size=1000", "sampler.negative.n_steps=20", f"hydra.run.dir={tmp_path / 'run'}"],
+         "sampler.negative.step_size=1000", "sampler.negative.n_steps=20", "sampler.negative.metropolis=false",
+         f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1, result.stderr[-3000:]

@@ -1,0 +1,224 @@
+"""Quality benchmark: train the default experiment and report how close the *last-step* model is to the truth.
+
+    python benchmarks/quality.py [--datasets double_well mueller_brown] [--seeds 0 1 2] [--out DIR] [overrides...]
+
+For each dataset and seed this runs ``train(cfg)`` on the default config (composed with Hydra as
+``train.py`` composes it, logger=csv, W&B off), then reads the test-split metrics of the final model (the
+trainer tests the module as it stands after the last step, never ``best.ckpt``):
+
+- W2 of fresh long chains from the init distribution after T_eval steps (``w2``, the model's own
+  distribution) and after 2 T_eval steps (``w2_2x``: the two must agree within noise, else T_eval is too
+  short), W2 of the persistent negative pool (``w2_pool``), the floor (W2 between two data samples of the
+  same size n_eval) and the ratios to it;
+- the exact test NLL of the model by quadrature, the true density's, their gap, the quadrature edge mass;
+- the ELBO and the importance-weighted bound of the posterior particles;
+- wall time split into training steps, in-training validation and the final test evaluation, and the
+  training throughput in steps per second.
+
+Targets (on a quiet 2-core CPU, 10 minutes per dataset): W2 (chains) <= 1.5 x floor, NLL gap <= 0.10 nats.
+Timings depend on the machine's load: the load average at start and end is printed with the table.
+Extra arguments are Hydra overrides applied to every run, e.g. ``trainer.max_steps=2000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import lightning.pytorch as pl  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+TARGET_W2_RATIO = 1.5
+TARGET_NLL_GAP = 0.10
+
+
+class PhaseTimer(pl.Callback):
+    """Wall time of training steps, in-training validation and the test evaluation, written to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.times = {"fit": 0.0, "validation": 0.0, "test": 0.0}
+        self.steps = 0
+        self._start: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start["fit"] = time.perf_counter()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.times["fit"] = time.perf_counter() - self._start["fit"]
+        self.steps = trainer.global_step
+        self._write()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start["validation"] = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.times["validation"] += time.perf_counter() - self._start["validation"]
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start["test"] = time.perf_counter()
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.times["test"] = time.perf_counter() - self._start["test"]
+        self._write()
+
+    def _write(self) -> None:
+        self.path.write_text(json.dumps({**self.times, "steps": self.steps}))
+
+
+def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, its run directory set to ``output_dir`` (as tests/conftest.py)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+        timings = str(output_dir / "timings.json")
+        cfg.callbacks.phase_timer = {"_target_": "benchmarks.quality.PhaseTimer", "path": timings}
+    return cfg
+
+
+def run_one(dataset: str, seed: int, out: Path, overrides: list[str]) -> dict[str, Any]:
+    """Train the default experiment on ``dataset`` with ``seed``; the test metrics of the last-step model."""
+    from lvebm_lightning.training import train
+
+    run_dir = out / f"{dataset}_seed{seed}"
+    cfg = compose_config(
+        run_dir,
+        [f"data={dataset}", f"seed={seed}", "logger=csv", "callbacks.metrics.check_chain_length=true", *overrides],
+    )
+    start = time.perf_counter()
+    metrics = train(cfg)
+    wall = time.perf_counter() - start
+    timings = json.loads((run_dir / "timings.json").read_text())
+    row = {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")}
+    train_s = timings["fit"] - timings["validation"]
+    row.update(
+        dataset=dataset, seed=seed, steps=timings["steps"], wall_s=wall, train_s=train_s,
+        val_s=timings["validation"], test_s=timings["test"], steps_per_s=timings["steps"] / max(train_s, 1e-9),
+        w2_2x_ratio=row.get("w2_2x", math.nan) / row["w2_floor"],
+        w2_pool_ratio=row.get("w2_pool", math.nan) / row["w2_floor"],
+        nll_gap=row.get("nll_gap", math.nan),
+    )
+    return row
+
+
+COLUMNS = (  # (key, header, format)
+    ("dataset", "dataset", "{}"),
+    ("seed", "seed", "{}"),
+    ("steps", "steps", "{}"),
+    ("wall_s", "wall s", "{:.0f}"),
+    ("train_s", "train s", "{:.0f}"),
+    ("val_s", "val s", "{:.0f}"),
+    ("test_s", "test s", "{:.0f}"),
+    ("steps_per_s", "steps/s", "{:.1f}"),
+    ("w2", "W2 chains", "{:.4f}"),
+    ("w2_2x", "W2 2xT", "{:.4f}"),
+    ("w2_pool", "W2 pool", "{:.4f}"),
+    ("w2_floor", "W2 floor", "{:.4f}"),
+    ("w2_ratio", "chains/floor", "{:.2f}"),
+    ("w2_2x_ratio", "2xT/floor", "{:.2f}"),
+    ("w2_pool_ratio", "pool/floor", "{:.2f}"),
+    ("nll", "NLL model", "{:.4f}"),
+    ("nll_true", "NLL true", "{:.4f}"),
+    ("nll_gap", "NLL gap", "{:+.4f}"),
+    ("elbo", "ELBO", "{:.4f}"),
+    ("iw_bound", "IW bound", "{:.4f}"),
+    ("quadrature_edge_mass", "edge mass", "{:.1e}"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One row per run, then per dataset (several seeds) the mean and the spread (max - min) of each number."""
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(k, math.nan), f) for k, _, f in COLUMNS) + " |")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        group = [r for r in rows if r["dataset"] == dataset]
+        if len(group) < 2:
+            continue
+        cells = []
+        for key, _, fmt in COLUMNS:
+            if key == "dataset":
+                cells.append(f"**{dataset}**")
+            elif key == "seed":
+                cells.append(f"mean (spread) of {len(group)}")
+            else:
+                values = [float(r.get(key, math.nan)) for r in group]
+                mean = statistics.fmean(values)
+                cells.append(f"{_cell(mean, fmt)} ({_cell(max(values) - min(values), fmt.replace('+', ''))})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """Each run against the targets: W2 (chains) <= 1.5 floor and NLL gap <= 0.10 nats."""
+    out = []
+    for r in rows:
+        w2_ok = r["w2_ratio"] <= TARGET_W2_RATIO
+        gap_ok = not math.isnan(r["nll_gap"]) and r["nll_gap"] <= TARGET_NLL_GAP
+        out.append(
+            f"{r['dataset']} seed {r['seed']}: W2 chains/floor {r['w2_ratio']:.2f} "
+            f"({'ok' if w2_ok else 'MISS'} <= {TARGET_W2_RATIO}), NLL gap {r['nll_gap']:+.3f} "
+            f"({'ok' if gap_ok else 'MISS'} <= {TARGET_NLL_GAP}), wall {r['wall_s'] / 60:.1f} min"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["double_well", "mueller_brown"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--out", type=Path, default=None, help="run directories (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=2000")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="lvebm_quality_"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    load_start = os.getloadavg()
+    rows = []
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            rows.append(run_one(dataset, seed, out, args.overrides))
+            print(verdict(rows[-1:]), flush=True)
+    load_end = os.getloadavg()
+    print()
+    print(markdown_table(rows))
+    print()
+    print(verdict(rows))
+    print(
+        f"\ntorch threads: {torch.get_num_threads()}; load average (1 min) at start {load_start[0]:.2f}, at end "
+        f"{load_end[0]:.2f} on {os.cpu_count()} cores; overrides: {' '.join(args.overrides) or 'none'}; "
+        f"runs in {out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
