@@ -58,6 +58,7 @@ def step(tmp_path_factory):
         "+trainer.enable_progress_bar=false",
     ])
     datamodule = instantiate(cfg.data).prepare()
+    pl.seed_everything(int(cfg.seed), verbose=False)
     model = build_model(cfg, datamodule)
     record = RecordStep()
     trainer = instantiate(cfg.trainer, callbacks=[*instantiate_callbacks(cfg.callbacks), record], logger=False)
