@@ -8,6 +8,8 @@
   over theta uniform on S^(d-1) is |Delta|^2 / d. Its Monte-Carlo error over L projections follows from
   E u^2 = 1 / d and E u^4 = 3 / (d (d + 2)) for u = <theta, e>: Var <theta, Delta>^2 = |Delta|^4 (3 / (d (d + 2))
   - 1 / d^2); 4 standard errors are allowed.
+- ``elbo`` with one particle and one bandwidth on the linear-Gaussian model of ``test_metrics_elbo``: q is a
+  Gaussian and E is quadratic, so the ELBO is in closed form (see the test).
 - ``data_nll``: the exact NLL in data units of a Gaussian model, whose data-unit density is the Gaussian pushed
   through x = mean + sigma x_std (torch.distributions), against quadrature plus the standardisation's Jacobian.
 """
@@ -22,8 +24,16 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from lvebm_lightning.metrics import sliced_w2, w2
+from lvebm_lightning.metrics import elbo, sliced_w2, w2
 from lvebm_lightning.metrics.evaluation import data_nll, quadrature
+from tests.test_metrics_elbo import (
+    DZ,
+    LOADING,
+    LOG_Z_LINEAR,
+    NOISE_SD,
+    _linear_gaussian_problem,
+    linear_gaussian_energy,
+)
 
 
 def _assignment_costs(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -90,3 +100,21 @@ def test_quadrature_nll_in_data_units_includes_the_standardisation_jacobian():
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
     # Without the Jacobian every value would be off by sum_d log sigma_d = log 2, far beyond that tolerance.
     assert float((got - (expected - std.log().sum())).abs().min()) > 0.5
+
+
+def test_elbo_of_a_gaussian_q_on_a_linear_gaussian_model_matches_its_closed_form():
+    # One particle mu_i and one bandwidth s: q_i = N(mu_i, s^2 I). E is quadratic in z with Hessian
+    # H = I + W^T W / sigma^2, so E_q[E(x_i, z)] = E(x_i, mu_i) + s^2 tr(H) / 2 exactly, the entropy is
+    # H(q_i) = (dz / 2) log(2 pi e s^2) and ELBO_i = -E(x_i, mu_i) - s^2 tr(H) / 2 + H(q_i) - log Z. The estimate's
+    # standard error is elbo_std_err.
+    generator = torch.Generator().manual_seed(6)
+    x, _, posterior_mean, _ = _linear_gaussian_problem(64, generator)
+    s = 0.3
+    result = elbo(linear_gaussian_energy, x, posterior_mean.unsqueeze(1), LOG_Z_LINEAR, n_samples=64,
+                  generator=generator, bandwidths=torch.tensor([s], dtype=torch.float64))
+    hessian_trace = DZ + float((LOADING**2).sum()) / NOISE_SD**2
+    entropy = 0.5 * DZ * math.log(2 * math.pi * math.e * s**2)
+    exact = -linear_gaussian_energy(x, posterior_mean) - 0.5 * s**2 * hessian_trace + entropy - LOG_Z_LINEAR
+    se = float(result.elbo_std_err.pow(2).sum().sqrt()) / len(x)
+    assert abs(float((result.elbo - exact).mean())) < 4 * se
+    assert abs(float((result.elbo - exact + entropy).mean())) > 4 * se  # the same without H(q) is rejected
