@@ -9,7 +9,9 @@ Added to a real ``python train.py`` run through Hydra (``+callbacks.probe._targe
 - ``steps``: for each optimizer step, the epoch, the batch's data indices, the global ids of the data whose
   particles changed and of the pool rows that changed, the particles after the step, the first normals each
   generator would draw at the start of the step, the parameter gradient before the optimizer step and the
-  parameters after it;
+  parameters after it; the rank's own (local) gradient, caught by a hook on each parameter as autograd computes
+  it, before DDP's reducer averages it, and the averaged gradient right after backward (before clipping); the
+  module's count of skipped updates;
 - ``end``: the same state as ``start`` when fitting ends;
 - ``validation``: the logged ``val/*`` values and the gathered samples the metrics callback kept;
 - ``threads``: ``torch.get_num_threads()`` inside fit (after Lightning chose threads per process).
@@ -58,6 +60,12 @@ class Probe(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.record.update(rank=trainer.global_rank, world=trainer.world_size, threads=torch.get_num_threads())
         self.record["start"] = self._state(pl_module)
+        params = list(pl_module.energy.parameters())
+        self._local: list[Tensor | None] = [None] * len(params)
+        for i, p in enumerate(params):
+            # A tensor hook sees the gradient autograd computed on this rank, before it is accumulated into .grad
+            # (where DDP's reducer hooks in to average it); it returns None, so it changes nothing.
+            p.register_hook(lambda grad, i=i: self._local.__setitem__(i, grad.detach().cpu().clone()))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._before = {
@@ -67,6 +75,11 @@ class Probe(pl.Callback):
             "pool_noise": _peek(pl_module.negative_pool.generator),
         }
         self._grad: Tensor | None = None
+        self._averaged: Tensor | None = None
+        self._local = [None] * len(self._local)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._averaged = torch.cat([p.grad.detach().flatten() for p in pl_module.energy.parameters()]).cpu()
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
         self._grad = torch.cat([p.grad.detach().flatten() for p in pl_module.energy.parameters()]).cpu()
@@ -76,6 +89,7 @@ class Probe(pl.Callback):
         after_store, after_pool = store.values.detach().cpu(), pool.pool.detach().cpu()
         moved = (after_store != self._before["store"]).flatten(1).any(dim=1)
         moved_pool = (after_pool != self._before["pool"]).any(dim=1)
+        local = None if any(g is None for g in self._local) else torch.cat([g.flatten() for g in self._local])
         self.record["steps"].append({
             "global_step": pl_module.global_step,
             "epoch": trainer.current_epoch,
@@ -86,6 +100,9 @@ class Probe(pl.Callback):
             "latent_noise": self._before["latent_noise"],
             "pool_noise": self._before["pool_noise"],
             "grad": self._grad,
+            "averaged_grad": self._averaged,
+            "local_grad": local,
+            "skipped_steps": pl_module.skipped_steps,
             "params": _params(pl_module),
         })
 

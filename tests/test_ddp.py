@@ -8,7 +8,9 @@ One chain of runs on a tiny double well (N = 131 data, so the two shards are une
 - C: 1 rank resumed from A's step-2 checkpoint (2 -> 1), to step 4;
 - E: 2 ranks resumed from C's step-4 checkpoint (1 -> 2), to step 5.
 
-A separate 2-rank run on the 4-D Lorenz system checks the AIS path of the metrics (dx + dz > 3).
+Separate 2-rank runs check the AIS path of the metrics (dx + dz > 3, on the 4-D Lorenz system), a skipped update
+that only one rank saw (D), and a SIGTERM that only one rank received (S, stopped at step 3; R resumes it to step 6
+and must end exactly where A ends).
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ TINY = [
 NO_VALIDATION = ["logger=csv", "+trainer.limit_val_batches=0", "~callbacks.best_checkpoint"]
 
 
-def run_train(out: Path, *overrides: str, threads_from_lightning: bool = False) -> tuple[Path, list[dict[str, Any]]]:
-    """Run ``train.py`` with the probe; return the run directory and every rank's probe record (rank order)."""
+def run_train(
+    out: Path, *overrides: str, threads_from_lightning: bool = False, returncode: int = 0
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Run ``train.py`` with the probe; return the run directory and every rank's probe record (rank order; none
+    when the run was stopped by SIGTERM, which ends fit before the probe writes)."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     if threads_from_lightning:
         del env["OMP_NUM_THREADS"]  # let Lightning choose threads per process
@@ -47,7 +52,7 @@ def run_train(out: Path, *overrides: str, threads_from_lightning: bool = False) 
          "+callbacks.probe._target_=tests.ddp_probe.Probe", f"+callbacks.probe.out_dir={probe_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == returncode, proc.stderr[-4000:]
     records = [torch.load(p, weights_only=False) for p in sorted(probe_dir.glob("rank*.pt"))]
     assert [r["rank"] for r in records] == list(range(len(records)))
     return run_dir, records
@@ -104,6 +109,65 @@ def test_gradients_are_averaged_and_parameters_stay_identical(runs):
         assert torch.equal(s0["grad"], s1["grad"])  # ... and one averaged gradient
         assert torch.equal(s0["params"], s1["params"])
     assert not torch.equal(r0["start"]["params"], r0["end"]["params"])
+
+
+@pytest.mark.slow
+def test_the_averaged_gradient_is_the_mean_of_the_local_gradients(runs):
+    """Each rank's own gradient (hooked before DDP's reducer) against the gradient both ranks step with (right
+    after backward, before clipping): the average of the two local ones, to float32 rounding of the all-reduce."""
+    _, (r0, r1) = runs["A"]
+    for s0, s1 in zip(r0["steps"], r1["steps"], strict=True):
+        assert s0["local_grad"] is not None and s1["local_grad"] is not None
+        assert not torch.allclose(s0["local_grad"], s1["local_grad"])  # different data, different local gradients
+        torch.testing.assert_close(s0["averaged_grad"], (s0["local_grad"] + s1["local_grad"]) / 2, rtol=1e-5,
+                                   atol=1e-7)
+        assert torch.equal(s0["averaged_grad"], s1["averaged_grad"])
+
+
+@pytest.mark.slow
+def test_an_update_skipped_on_one_rank_is_skipped_on_both(tmp_path):
+    """D: the latent particles of batch 2 turn NaN on rank 1 only; rank 0's values are all finite. The ranks agree
+    (one all-reduce of the finiteness flags): both drop the update, count it, and keep identical parameters."""
+    _, (r0, r1) = run_train(
+        tmp_path, "trainer.devices=2", "trainer.max_steps=4", *NO_VALIDATION,
+        "+callbacks.poison._target_=tests.helpers.faults.PoisonLatents", "+callbacks.poison.batch=2",
+        "+callbacks.poison.rank=1",
+    )
+    assert len(r0["steps"]) == len(r1["steps"]) == 5  # 4 updates and the skipped one
+    for r in (r0, r1):
+        skipped = r["steps"][2]
+        assert skipped["global_step"] == r["steps"][1]["global_step"] == 2  # no optimizer step for batch 2
+        assert torch.equal(skipped["params"], r["steps"][1]["params"])
+        assert [s["skipped_steps"] for s in r["steps"]] == [0, 0, 1, 1, 1]
+        assert bool(torch.isfinite(r["end"]["store"]).all())  # rank 1 re-initialised its NaN particles
+    for s0, s1 in zip(r0["steps"], r1["steps"], strict=True):
+        assert torch.equal(s0["params"], s1["params"])
+
+
+@pytest.fixture(scope="module")
+def sigterm_resumed(runs) -> Path:
+    """S: A's settings, SIGTERM to rank 1 alone after step 3 (exit 143, last.ckpt saved by both ranks); R: resumed
+    from it on 2 ranks to step 6. Returns R's run directory."""
+    base = runs["base"]
+    s_dir, _ = run_train(
+        base / "S", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6", "logger=csv",
+        "+callbacks.stop._target_=tests.helpers.faults.StopAt", "+callbacks.stop.step=3",
+        "+callbacks.stop.sigterm=true", "+callbacks.stop.rank=1", returncode=143,
+    )
+    last = s_dir / "checkpoints" / "last.ckpt"
+    assert load(last)["global_step"] == 3
+    r_dir, _ = run_train(base / "R", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                         "logger=csv", f"ckpt_path={last}")
+    return r_dir
+
+
+@pytest.mark.slow
+def test_a_sigterm_resume_on_two_ranks_ends_exactly_as_the_uninterrupted_run(runs, sigterm_resumed):
+    from tests.helpers.checkpoints import assert_identical, training_state
+
+    a_dir, _ = runs["A"]
+    resumed = training_state(sigterm_resumed / "checkpoints" / "step_000006.ckpt")
+    assert_identical(resumed, training_state(a_dir / "checkpoints" / "step_000006.ckpt"), "2-rank SIGTERM resume")
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ def test_particle_elbo_is_below_exact_log_likelihood(make_cfg):
     index = torch.arange(64)
     x = datamodule.splits["train"][index]
     particles = store.get(index)
+    assert particles.shape[1] == 4  # K >= 2: the bandwidth rule scores Silverman's value beside the grid
     # The box covers the data in x and, in z, far more than the confinement lets the mass reach (checked).
     x_lo, x_hi = choose_box(datamodule.splits["train"].double(), margin=1.0)
     lo = torch.cat([x_lo.float(), torch.tensor([-30.0])])
@@ -39,11 +40,12 @@ def test_particle_elbo_is_below_exact_log_likelihood(make_cfg):
     log_p = log_marginal(model.energy, x, model.dz, lo[model.dx :], hi[model.dx :], n_per_dim=6000) - quad.log_z
 
     result = elbo(model.energy, x, particles, quad.log_z, n_samples=2048, generator=torch.Generator().manual_seed(0))
-    gap = log_p - result.elbo  # >= 0 for every datum, up to Monte-Carlo error of the ELBO estimate
+    gap = log_p - result.elbo  # >= 0 for every datum, up to Monte-Carlo error of the ELBO estimate (one-sided)
     assert bool((gap > -4 * result.elbo_std_err).all())
-    # The mean gap is positive beyond its standard error (the bound is not tight for a Gaussian mixture q).
+    # The mean gap is positive by more than 3 of its standard errors: a mixture of K = 4 Gaussians is not the exact
+    # posterior, so the bound is strictly below log p(x) (KL(q || p(z | x)) > 0) and the estimate resolves it.
     mean_se = float(result.elbo_std_err.pow(2).mean().sqrt()) / math.sqrt(len(gap))
-    assert float(gap.mean()) > -3 * mean_se
+    assert float(gap.mean()) > 3 * mean_se
     # The importance-weighted bound is tighter than the ELBO and, in expectation, still below log p(x). Its
     # Monte-Carlo error is measured from a second, independent estimate: Var(a - b) = 2 Var(one estimate).
     again = elbo(model.energy, x, particles, quad.log_z, n_samples=2048, generator=torch.Generator().manual_seed(1))

@@ -85,12 +85,12 @@ def test_double_well_mass_per_well():
     generator = torch.Generator().manual_seed(2)
     y0 = torch.randn(N_CHAINS, 1, generator=generator)
     y, _ = langevin(_double_well, y0, LangevinConfig(h, 3000), generator)
-    p_ula, p_exact = _right_mass_ula(h), _right_mass_exact()
+    p_ula = _right_mass_ula(h)
     se = math.sqrt(p_ula * (1 - p_ula) / N_CHAINS)
     right = float((y > 0).double().mean())
     assert abs(right - p_ula) < 5 * se
-    # The discretisation bias at this h is small but of the order of the test's resolution.
-    assert abs(p_ula - p_exact) < 0.05
+    # At this h the ULA mass differs from the exact one by 0.006, below 5 se = 0.016, so this test cannot tell the
+    # two laws apart; the Gaussian test above is the one that resolves the unadjusted kernel's O(h) bias.
 
 
 def test_double_well_mass_per_well_metropolis_exact():

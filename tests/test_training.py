@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,55 @@ def _read_csv_metrics(path: Path) -> dict[str, list[float]]:
     return columns
 
 
+def _close(a: list[float], b: list[float], rel: float = 1e-4) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= rel * max(1.0, abs(y)) for x, y in zip(a, b))
+
+
+def assert_every_metric_is_finite_and_sane(columns: dict[str, list[float]], lr: float) -> None:
+    """Every logged value is finite, and every metric has a range it must lie in (a new metric needs one here).
+
+    Ranges are either identities between logged values (the gap is e_pos - e_neg; the IW bound and the ELBO come
+    from the same log-weights, so IW >= ELBO by Jensen) or bounds the maths sets: an ELBO and (up to Monte-Carlo
+    error) an IW bound lie below the exact log-likelihood of the same data; a model cannot beat the true density's
+    held-out NLL by more than the sampling error of 256 held-out data; masses and acceptance rates are in [0, 1];
+    distances are positive; the learning rate never exceeds the configured one; the quadrature box holds the mass.
+    Energies, norms and distances of a 20-step run in standardised units stay far below 100.
+    """
+    for key, values in columns.items():
+        assert all(math.isfinite(v) for v in values), key
+    checked = {"epoch", "step"}
+
+    def check(key: str, ok: bool) -> None:
+        assert ok, (key, columns[key])
+        checked.add(key)
+
+    c = columns
+    check("train/lr", all(0.0 <= v <= lr * (1 + 1e-6) for v in c["train/lr"]))
+    check("train/skipped_steps", all(v == 0 for v in c["train/skipped_steps"]))
+    check("train/neg_accept", all(0.0 < v <= 1.0 for v in c["train/neg_accept"]))
+    for key in ("train/e_pos", "train/e_neg", "train/loss"):
+        check(key, all(abs(v) < 100 for v in c[key]))
+    for key in ("train/grad_norm", "train/energy_scale", "train/z_norm", "train/neg_norm"):
+        check(key, all(0.0 < v < 100 for v in c[key]))
+    check("train/gap", _close(c["train/gap"], [p - n for p, n in zip(c["train/e_pos"], c["train/e_neg"])]))
+    for stage in ("val", "test"):
+        m = {k.split("/", 1)[1]: v for k, v in c.items() if k.startswith(stage + "/")}
+        for key in ("w2", "w2_floor", "w2_pool"):
+            check(f"{stage}/{key}", all(0.0 < v < 100 for v in m[key]))
+        check(f"{stage}/w2_ratio", _close(m["w2_ratio"], [a / b for a, b in zip(m["w2"], m["w2_floor"])]))
+        check(f"{stage}/nll_gap", _close(m["nll_gap"], [a - b for a, b in zip(m["nll"], m["nll_true"])]))
+        check(f"{stage}/nll", all(gap > -0.5 for gap in m["nll_gap"]))
+        check(f"{stage}/nll_true", all(0.0 < v < 100 for v in m["nll_true"]))
+        check(f"{stage}/iw_bound", all(iw >= e - 1e-4 for iw, e in zip(m["iw_bound"], m["elbo"])))
+        check(f"{stage}/elbo", all(e < ll + 0.1 and iw < ll + 0.1
+                                   for e, iw, ll in zip(m["elbo"], m["iw_bound"], m["train_log_lik"])))
+        check(f"{stage}/train_log_lik", all(-100 < v < 0 for v in m["train_log_lik"]))
+        check(f"{stage}/quadrature_edge_mass", all(0.0 <= v < 1e-2 for v in m["quadrature_edge_mass"]))
+        for key in ("obs/right_well_mass", "obs/right_well_mass_data"):
+            check(f"{stage}/{key}", all(0.0 <= v <= 1.0 for v in m[key]))
+    assert set(columns) == checked, sorted(set(columns) - checked)
+
+
 def test_fast_run_end_to_end_with_wandb_offline(make_cfg, tmp_path):
     cfg = make_cfg()
     metrics = train(cfg)
@@ -81,6 +131,7 @@ def test_fast_run_end_to_end_with_wandb_offline(make_cfg, tmp_path):
                 "val/obs/right_well_mass", "val/obs/right_well_mass_data"):
         assert key in columns, key
     assert len(columns["train/loss"]) >= 2
+    assert_every_metric_is_finite_and_sane(columns, lr=cfg.model.lr)
     assert metrics["val/w2"] == pytest.approx(columns["val/w2"][-1])
     galleries = sorted(p.name for p in (run_dir / "galleries").glob("*.png"))
     assert {n.split("_step")[0] for n in galleries} == {"samples", "landscape", "posterior"}

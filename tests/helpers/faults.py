@@ -23,11 +23,12 @@ class PoisonLatents(pl.Callback):
 
     record: dict[str, Any] = {}
 
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
+    def __init__(self, batch: int, rank: int | None = None) -> None:
+        self.batch, self.rank = batch, rank  # rank: poison on that rank only (None: on every rank)
 
     def _poisoned(self, trainer: pl.Trainer) -> bool:
-        return trainer.fit_loop.epoch_loop.total_batch_idx == self.batch
+        on_rank = self.rank is None or trainer.global_rank == self.rank
+        return on_rank and trainer.fit_loop.epoch_loop.total_batch_idx == self.batch
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self._poisoned(trainer):
@@ -122,13 +123,15 @@ class StopAt(pl.Callback):
     """Stop training after optimizer step ``step``: by ``trainer.should_stop`` (a clean stop; ModelCheckpoint
     still saves that step) or, with ``sigterm=True``, by sending this process SIGTERM, as a scheduler would."""
 
-    def __init__(self, step: int, sigterm: bool = False) -> None:
-        self.step, self.sigterm = step, sigterm
+    def __init__(self, step: int, sigterm: bool = False, rank: int | None = None) -> None:
+        self.step, self.sigterm, self.rank = step, sigterm, rank  # rank: only that rank is signalled (None: all)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.global_step < self.step or trainer.received_sigterm:
             return
         if self.sigterm:
+            if self.rank is not None and trainer.global_rank != self.rank:
+                return
             os.kill(os.getpid(), signal.SIGTERM)
         else:
             trainer.should_stop = True
