@@ -39,9 +39,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 import lightning.pytorch as pl  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 TARGET_W2_RATIO = 1.5
@@ -83,15 +80,11 @@ class PhaseTimer(pl.Callback):
 
 
 def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, its run directory set to ``output_dir`` (as tests/conftest.py)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    """``conf/train.yaml`` with ``overrides`` and the phase timer, its run directory set to ``output_dir``."""
+    from lvebm_lightning.training import compose_config as compose_train
+
+    cfg = compose_train(output_dir, overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
         timings = str(output_dir / "timings.json")
         cfg.callbacks.phase_timer = {"_target_": "benchmarks.quality.PhaseTimer", "path": timings}
     return cfg
