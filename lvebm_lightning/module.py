@@ -130,8 +130,9 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         return config
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """``train/lr`` (the rate each step uses) from Lightning's monitor, which needs a logger to write to."""
-        return [LearningRateMonitor(logging_interval="step")] if self.trainer.loggers else []
+        """``train/lr`` (the rate each step uses) from Lightning's monitor, while fitting with a logger."""
+        fitting = self.trainer.state.fn == "fit"
+        return [LearningRateMonitor(logging_interval="step")] if fitting and self.trainer.loggers else []
 
     # -- training: the three steps of DESIGN.md section 1 -----------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -172,9 +173,8 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         e_neg = self.joint_energy(xz_neg)
         loss = e_pos.mean() - e_neg.mean() + self.alpha * ((e_pos**2).mean() + (e_neg**2).mean())
         strategy = self.trainer.strategy
-        bad = self.guard.nonfinite(
-            strategy, {"latent particles": z, "negative pool": xz_neg, "E_pos": e_pos, "E_neg": e_neg}
-        )
+        checked = {"latent particles": z, "negative pool": xz_neg, "E_pos": e_pos, "E_neg": e_neg}
+        bad = self.guard.nonfinite(strategy, checked)
         for optimizer in filter(None, (opt, posterior_opt)):
             optimizer.zero_grad(set_to_none=True)
         if bad:
