@@ -22,7 +22,8 @@ Inputs and outputs are in the data's own units (the checkpoint holds the standar
   gives the val/w2, val/w2_floor and val/nll that training logged at the checkpoint's step. The W2 floor uses
   the run's training split (rebuilt from the config in the checkpoint) as the reference sample, or, when that
   cannot be rebuilt, one half of the given data against the other. The ELBO here bounds log p(x) of the given
-  data, with q_b a Gaussian mixture around K fresh posterior particles of each datum (``metrics.elbo``).
+  data by the validation callback's path (``metrics.evaluation.posterior_bounds``): q_b a Gaussian mixture around
+  K fresh posterior particles of each datum (the baselines: their own draws; the encoder also its own density).
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ def evaluate(
 
     Args:
         n_samples: model samples and data points for W2.
-        n_particles: K posterior particles per datum for the ELBO's mixture q (default: the training K).
+        n_particles: K fresh posterior particles per datum for the ELBO's mixture q (default: the training K;
+            short-run and amortised models use their own training draws).
         elbo_samples: S draws from each q_b.
         quadrature_points, box_margin: the quadrature grid per dimension, and the box's widening.
         ais_chains, ais_temperatures: AIS for log Z when dx + dz > 3 (the ELBO then inherits its upward bias).
