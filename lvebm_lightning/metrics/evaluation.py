@@ -23,7 +23,7 @@ from torch import Tensor
 from lvebm_lightning.energy import Energy
 from lvebm_lightning.metrics.elbo import elbo
 from lvebm_lightning.metrics.quadrature import choose_box, log_marginal, log_partition
-from lvebm_lightning.metrics.wasserstein import sliced_w2, w2, w2_floor
+from lvebm_lightning.metrics.wasserstein import sliced_w2, w2
 
 QUADRATURE_MAX_DIM = 3
 """Exact likelihood by quadrature only when dx + dz <= 3 (the grid costs n_points^(dx + dz) energies)."""
@@ -36,7 +36,7 @@ def sample_distances(
     dx > 3, ``sliced_w2``; all between clouds ``[*, dx]`` in data units, on at most n points a side."""
     out = {
         "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
-        "w2_floor": w2_floor(reference_x, data, n, torch.Generator().manual_seed(1)),
+        "w2_floor": w2(reference_x, data, n, torch.Generator().manual_seed(1)),
     }
     if pool_x is not None:
         out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
