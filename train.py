@@ -19,15 +19,11 @@ from omegaconf import DictConfig
 from lvebm_lightning.checkpointing import CheckpointError
 from lvebm_lightning.config import ConfigError, check_overrides
 from lvebm_lightning.data.files import DataFileError
-from lvebm_lightning.module import TrainingDiverged
+from lvebm_lightning.divergence import TrainingDiverged
+from lvebm_lightning.errors import exit_with_error
 from lvebm_lightning.training import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
-
-
-def fail(prefix: str, err: BaseException, status: int) -> None:
-    print(f"lvebm: {prefix}: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-    sys.exit(status)
 
 
 def check_multirun(cfg: DictConfig) -> None:
@@ -50,11 +46,11 @@ def main(cfg: DictConfig) -> float | None:
         check_multirun(cfg)
         metrics = train(cfg)
     except (ConfigError, CheckpointError, DataFileError) as err:
-        fail("error", err, 2)
+        exit_with_error("lvebm", "error", err, 2)
     except TrainingDiverged as err:
-        fail("training diverged", err, 1)
+        exit_with_error("lvebm", "training diverged", err, 1)
     except SIGTERMException as err:
-        fail("stopped", err, 128 + signal.SIGTERM)
+        exit_with_error("lvebm", "stopped", err, 128 + signal.SIGTERM)
     # Hydra sweepers (and W&B sweeps through Hydra) read the returned value as the objective.
     return metrics.get("val/w2")
 
@@ -65,5 +61,5 @@ if __name__ == "__main__":
         try:
             check_overrides(CONFIG_DIR, "train", sys.argv[1:])
         except ConfigError as err:
-            fail("error", err, 2)
+            exit_with_error("lvebm", "error", err, 2)
     main()

@@ -42,14 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 # Benchmark the checkout this script sits in, not another installed copy of the package.
 sys.path.insert(0, str(ROOT))
-from lvebm_lightning.training import train  # noqa: E402  (needs the path above)
+from lvebm_lightning.training import compose_config, train  # noqa: E402  (needs the path above)
 
 METHODS: dict[str, list[str]] = {
     "persistent": ["sampler=persistent"],
@@ -88,15 +85,10 @@ def parse_args() -> argparse.Namespace:
 def run(dataset: str, method: str, steps: int, overrides: list[str], out: Path) -> dict[str, Any]:
     """Train and test one method on one dataset; its metrics, training time and step count."""
     budget = [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            f"data={dataset}", *METHODS[method], "logger=csv", "~callbacks.gallery", "test=true",
-            "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=__main__.TrainTimer",
-            *budget, *overrides,
-        ])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
+    cfg = compose_config(out, [
+        f"data={dataset}", *METHODS[method], "logger=csv", "~callbacks.gallery", "test=true",
+        "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=__main__.TrainTimer", *budget, *overrides,
+    ])
     TIMERS.clear()
     metrics = train(cfg)
     (timer,) = TIMERS

@@ -2,8 +2,9 @@
 
     python benchmarks/quality.py [--datasets double_well mueller_brown] [--seeds 0 1 2] [--out DIR] [overrides...]
 
-For each dataset and seed this runs ``train(cfg)`` on the default config (composed with Hydra as
-``train.py`` composes it, logger=csv, W&B off), then reads the test-split metrics of the final model (the
+For each dataset and seed this runs ``train(cfg)`` on the dataset's experiment, ``conf/experiment/<dataset>.yaml``
+(the defaults of ``conf/`` on that dataset, composed with Hydra as ``train.py experiment=<dataset>`` composes it,
+logger=csv, W&B off), then reads the test-split metrics of the final model (the
 trainer tests the module as it stands after the last step, never ``best.ckpt``):
 
 - W2 of fresh long chains from the init distribution after T_eval steps (``w2``, the model's own
@@ -39,9 +40,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 import lightning.pytorch as pl  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 TARGET_W2_RATIO = 1.5
@@ -83,15 +81,11 @@ class PhaseTimer(pl.Callback):
 
 
 def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, its run directory set to ``output_dir`` (as tests/conftest.py)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    """``conf/train.yaml`` with ``overrides`` and the phase timer, its run directory set to ``output_dir``."""
+    from lvebm_lightning.training import compose_config as compose_train
+
+    cfg = compose_train(output_dir, overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
         timings = str(output_dir / "timings.json")
         cfg.callbacks.phase_timer = {"_target_": "benchmarks.quality.PhaseTimer", "path": timings}
     return cfg
@@ -104,7 +98,7 @@ def run_one(dataset: str, seed: int, out: Path, overrides: list[str]) -> dict[st
     run_dir = out / f"{dataset}_seed{seed}"
     cfg = compose_config(
         run_dir,
-        [f"data={dataset}", f"seed={seed}", "logger=csv", "callbacks.metrics.check_chain_length=true", *overrides],
+        [f"experiment={dataset}", f"seed={seed}", "logger=csv", *overrides],
     )
     start = time.perf_counter()
     metrics = train(cfg)
@@ -192,7 +186,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["double_well", "mueller_brown"])
+    experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    parser.add_argument("--datasets", nargs="+", default=experiments, choices=experiments,
+                        help="experiments of conf/experiment/ (one per dataset)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=None, help="run directories (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=2000")

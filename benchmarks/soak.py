@@ -34,6 +34,9 @@ import lightning.pytorch as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers.checkpoints import differences, training_state  # noqa: E402  (needs the path above)
+
 KINDS = ("SIGKILL at random", "SIGKILL mid-write", "SIGTERM")
 
 
@@ -87,32 +90,6 @@ def heartbeat(run: Path) -> int | None:
 
 def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-
-
-def training_state(path: Path) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    pool = ckpt["callbacks"]["NegativePool"]
-    return {
-        "parameters": ckpt["state_dict"], "particles": ckpt["lvebm"]["particles"], "pool": pool["pool"],
-        "generators": [ckpt["lvebm"]["generator_states"], pool["generator_states"]],
-        "optimizer": ckpt["optimizer_states"], "scheduler": ckpt["lr_schedulers"], "step": ckpt["global_step"],
-        "data_order": ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"],
-    }
-
-
-def differences(a: Any, b: Any, where: str = "") -> list[str]:
-    """Where two nested states differ (tensors compared bit for bit)."""
-    if isinstance(a, dict):
-        keys = set(a) | set(b)
-        return [d for k in sorted(keys, key=str) for d in differences(a.get(k), b.get(k), f"{where}.{k}")]
-    if isinstance(a, (list, tuple)):
-        if len(a) != len(b):
-            return [where]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
-    if isinstance(a, torch.Tensor):
-        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-        return [] if same else [where]
-    return [] if a == b else [where]
 
 
 def wait_until(condition: Any, proc: subprocess.Popen) -> bool:

@@ -127,8 +127,8 @@ class Gallery(pl.Callback):
         if pl_module.dz == 0:
             return None
         x_std = trainer.datamodule.splits["val"][: self.n_posterior].to(pl_module.device)
-        generator = pl_module.eval_generator(trainer.global_step, 5)
-        z = pl_module.infer(x_std, self.n_posterior_particles, generator=generator).cpu()
+        generator = pl_module.draw_generator(trainer.global_step, 5)
+        z = pl_module.infer_standardised(x_std, self.n_posterior_particles, generator=generator).cpu()
         fig, axes = plt.subplots(1, len(x_std), figsize=(3.2 * len(x_std), 3), squeeze=False)
         x = pl_module.to_data_units(x_std).cpu()
         for ax, zi, xi in zip(axes[0], z, x):

@@ -38,8 +38,15 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lvebm_lightning.data.systems import GridDensity
-from lvebm_lightning.metrics import ais_log_partition, elbo, w2
-from lvebm_lightning.metrics.evaluation import QUADRATURE_MAX_DIM, data_nll, quadrature, sample_distances
+from lvebm_lightning.metrics import ais_log_partition, w2
+from lvebm_lightning.metrics.evaluation import (
+    QUADRATURE_MAX_DIM,
+    data_nll,
+    posterior_bounds,
+    quadrature,
+    sample_distances,
+)
+from lvebm_lightning.particles import shard_indices
 
 
 class SampleSet(Metric):
@@ -167,7 +174,7 @@ class EvaluationMetrics(pl.Callback):
             pool_x = pl_module.to_data_units(pool.full()[:, : pl_module.dx]).to(cpu)
         if self.check_chain_length:
             longer = pl_module.sample_joint(
-                self._per_rank(self.n_samples, trainer), n_steps=2 * pl_module.evaluation["n_steps"]
+                self._per_rank(self.n_samples, trainer), n_steps=2 * pl_module.long_chains["n_steps"]
             )
             longer_x = pl_module.to_data_units(self._gather(longer, device)[:, : pl_module.dx]).to(cpu)
         # Exact W2 is the costly part: rank 0 computes it once from the gathered samples and shares the numbers.
@@ -210,45 +217,28 @@ class EvaluationMetrics(pl.Callback):
             # log Z_hat = logsumexp(log w) - log C is the same estimate as C chains on one device.
             result = ais_log_partition(
                 pl_module.energy, pl_module.dx, pl_module.dz, n_chains=self._per_rank(self.ais_chains, trainer),
-                n_temperatures=self.ais_temperatures, generator=pl_module.eval_generator(pl_module.global_step, 3),
+                n_temperatures=self.ais_temperatures, generator=pl_module.draw_generator(pl_module.global_step, 3),
             )
             log_weights = self._gather(result.log_weights.unsqueeze(-1), device).squeeze(-1)
             log_z = float(log_weights.logsumexp(0)) - math.log(len(log_weights))
         else:
             return {}
-        store = pl_module.posterior.store
+        step, rank, world = pl_module.global_step, trainer.global_rank, trainer.world_size
         train_x = trainer.datamodule.splits["train"]
-        if store is not None:
-            index = store.owned[: self._per_rank(self.n_elbo, trainer)]
-            x = train_x[index].to(device)
-            particles = store.get(index)
-        else:
-            index = torch.arange(trainer.global_rank, len(train_x), trainer.world_size)
-            index = index[: self._per_rank(self.n_elbo, trainer)]
-            x = train_x[index].to(device)
-            if pl_module.posterior.trainable:  # the strategy's own particles: encoder samples, refined
-                generator = pl_module.eval_generator(pl_module.global_step, 6)
-                particles = pl_module.posterior.particles(pl_module.energy, x, index, generator)
-            else:
-                particles = pl_module.infer(x, pl_module.posterior.n_particles, pl_module.posterior.config.n_steps)
-        result = elbo(
-            pl_module.energy, x, particles, log_z, self.elbo_samples, pl_module.eval_generator(pl_module.global_step, 4)
+        index = shard_indices(len(train_x), rank, world)[: self._per_rank(self.n_elbo, trainer)]
+        x = train_x[index].to(device)
+        bounds = posterior_bounds(
+            pl_module, x, index, log_z, self.elbo_samples, lambda key: pl_module.draw_generator(step, key),
+            lambda x_std, k: pl_module.infer_standardised(x_std, k),
         )
         log_det = float(pl_module.data_std.log().sum())
-        rows = [result.elbo - log_det, result.iw_bound - log_det]
+        rows = {name: value - log_det for name, value in bounds.items()}
         if self._quadrature is not None:
-            rows.append(-data_nll(pl_module.energy, x, pl_module.dz, self._quadrature, log_det))
-        if pl_module.posterior.trainable:  # the encoder's exact density: its ELBO needs no bandwidth
-            generator = pl_module.eval_generator(pl_module.global_step, 7)
-            rows.append(pl_module.posterior.elbo(pl_module.energy, x, self.elbo_samples, generator) - log_z - log_det)
-        gathered = self._gather(torch.stack(rows, dim=-1).float(), device).mean(0)
-        out = {"elbo": gathered[0], "iw_bound": gathered[1]}
-        if self._quadrature is not None:
-            out["train_log_lik"] = gathered[2]
-        else:
+            rows["train_log_lik"] = -data_nll(pl_module.energy, x, pl_module.dz, self._quadrature, log_det)
+        gathered = self._gather(torch.stack(list(rows.values()), dim=-1).float(), device).mean(0)
+        out = dict(zip(rows, gathered))
+        if self._quadrature is None:
             out["log_z_ais"] = torch.tensor(float(log_z))
-        if pl_module.posterior.trainable:
-            out["elbo_encoder"] = gathered[-1]
         return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,7 +10,6 @@ state; loading it under another number of ranks re-splits the pool and re-seeds 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,9 +17,7 @@ import torch
 from torch import Tensor
 
 from lvebm_lightning.particles import gather_rows, shard_indices
-from lvebm_lightning.seeding import STREAM_POOL, gather_generator_states, make_generator
-
-log = logging.getLogger(__name__)
+from lvebm_lightning.seeding import STREAM_POOL, gather_generator_states, make_generator, restore_generator
 
 
 class NegativePool(pl.Callback):
@@ -79,17 +76,11 @@ class NegativePool(pl.Callback):
                 "sampler.negative.pool_size."
             )
         self.pool = full[self.owned].to(device).clone()
-        states = self._pending["generator_states"]
-        if len(states) == world_size:
-            self.generator.set_state(states[rank])
-        else:
-            self.generator = make_generator(device, pl_module.seed, rank, STREAM_POOL, int(self._pending["step"]))
-            if rank == 0:  # one message per run, in the run's train.log
-                log.warning(
-                    "Negative pool saved under %d rank(s), resumed under %d: re-split the pool and re-seeded "
-                    "the pool generators from (seed, rank, step).",
-                    len(states), world_size,
-                )
+        self.generator = restore_generator(
+            self.generator, self._pending["generator_states"], pl_module.seed, rank, world_size, STREAM_POOL,
+            int(self._pending["step"]), "Negative pool saved under %d rank(s), resumed under %d: re-split the pool "
+            "and re-seeded the pool generators from (seed, rank, step).",
+        )
         self._pending = None
 
     # -- what the module calls ------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lvebm_lightning.distributed import distributed
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Torch checkpoint IO that writes to a temporary file, fsyncs it and renames it into place.
@@ -68,7 +70,7 @@ class CheckpointError(ValueError):
 def _agree(flag: bool, device: torch.device, every_rank: bool) -> bool:
     """Whether ``flag`` holds on every rank (``every_rank``) or on any rank: a collective under DDP."""
     value = torch.tensor(float(flag), device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if distributed():
         dist.all_reduce(value, op=dist.ReduceOp.MIN if every_rank else dist.ReduceOp.MAX)
     return bool(value > 0)
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from lvebm_lightning.data.systems import DATASETS
+from lvebm_lightning.errors import is_positive_number, one_line
 
 
 class ConfigError(ValueError):
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 
 def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
     value = _get(cfg, key)
-    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+    if not is_positive_number(value):
         raise ConfigError(f"{key} must be a positive {kind.__name__}, got {value!r}; set {key}=<value > 0>.")
     if kind is int and int(value) != value:
         raise ConfigError(f"{key} must be a whole number, got {value!r}.")
@@ -73,10 +74,6 @@ def expected_world_size(cfg: DictConfig) -> int | None:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
     """Compose ``config_name`` with command-line ``overrides`` as Hydra will and ``validate`` it; raise a
     one-line ``ConfigError`` on an unknown key (``model.lrr=1``), an unknown option of a group (``data=foo``),
@@ -96,10 +93,10 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequenc
             raise ConfigError(
                 f"unknown {group} option '{option}' ({group}={option}); choose one of: {', '.join(err.options)}."
             ) from None
-        raise ConfigError(_one_line(str(err))) from None
+        raise ConfigError(one_line(str(err))) from None
     except OverrideParseException as err:
         raise ConfigError(
-            f"cannot parse the command line ({_one_line(str(err).splitlines()[0])}); write overrides as key=value "
+            f"cannot parse the command line ({one_line(str(err).splitlines()[0])}); write overrides as key=value "
             "(quote values with spaces or special characters)."
         ) from None
     except Exception as err:  # Hydra wraps OmegaConf's errors; the cause names the key
@@ -109,7 +106,7 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequenc
             raise ConfigError(
                 f"unknown config key '{key}'; check its spelling (python train.py --cfg job prints every key)."
             ) from None
-        raise ConfigError(_one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
+        raise ConfigError(one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
     finally:
         GlobalHydra.instance().clear()
     validate(cfg)
@@ -151,10 +148,10 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "sampler.posterior.n_particles", int)
     _positive(cfg, "sampler.negative.pool_size", int)
     _positive(cfg, "sampler.negative.batch_size", int)
-    _positive(cfg, "sampler.eval.n_steps", int)
-    _positive(cfg, "sampler.eval.n_samples", int)
-    if cfg.sampler.eval.step_size is not None:
-        _positive(cfg, "sampler.eval.step_size")
+    _positive(cfg, "sampler.long_chains.n_steps", int)
+    _positive(cfg, "sampler.long_chains.n_samples", int)
+    if cfg.sampler.long_chains.step_size is not None:
+        _positive(cfg, "sampler.long_chains.step_size")
     _positive(cfg, "data.batch_size", int)
     _positive(cfg, "model.lr")
     if not 0.0 <= _number(cfg, "sampler.negative.reinit_prob") <= 1.0:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
+Energy = Callable[[Tensor, Tensor], Tensor]
+"""A joint energy: x ``[..., dx]`` and z ``[..., dz]`` to E(x, z) ``[...]`` (an ``MLPEnergy``, or any callable)."""
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "softplus": nn.Softplus,
     "tanh": nn.Tanh,
@@ -47,8 +52,8 @@ class MLPEnergy(nn.Module):
             raise ValueError(f"MLPEnergy needs dx >= 1 and dz >= 0, got dx={dx}, dz={dz}.")
         if width < 1 or depth < 1:
             raise ValueError(f"MLPEnergy needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(_ACTIVATIONS)}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
         if gamma < 0:
             raise ValueError(f"The confinement gamma must be >= 0, got {gamma}.")
         self.dx, self.dz, self.gamma = dx, dz, float(gamma)
@@ -58,7 +63,7 @@ class MLPEnergy(nn.Module):
             linear = nn.Linear(n_in, n_out)
             layers.append(nn.utils.parametrizations.spectral_norm(linear) if spectral_norm else linear)
             if i < len(sizes) - 2:
-                layers.append(_ACTIVATIONS[activation]())
+                layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
@@ -68,7 +73,3 @@ class MLPEnergy(nn.Module):
         if self.gamma:
             e = e + 0.5 * self.gamma * (xz * xz).sum(-1)
         return e
-
-    def joint(self, xz: Tensor) -> Tensor:
-        """Energies ``[...]`` of concatenated pairs ``[..., dx + dz]``."""
-        return self.forward(xz[..., : self.dx], xz[..., self.dx :])

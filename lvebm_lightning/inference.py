@@ -13,7 +13,7 @@ For notebooks (the console commands ``lvebm-sample``, ``lvebm-infer`` and ``lveb
 Inputs and outputs are in the data's own units (the checkpoint holds the standardisation); arrays are NumPy.
 
 - **Model samples** are fresh joint chains from N(0, I) moved by T_eval Langevin steps of size h_eval (the
-  ``sampler.eval`` settings of training), the distribution that the validation W2 measures; ``source="pool"``
+  ``sampler.long_chains`` settings of training), the distribution that the validation W2 measures; ``source="pool"``
   returns the persistent negative pool instead (its state at the checkpoint).
 - **Posterior particles** are K fresh conditional chains per datum, z <- z - h grad_z E(x_b, z) + sqrt(2h) xi
   from N(0, I), T_eval steps of the training posterior step size h_z unless given.
@@ -22,7 +22,8 @@ Inputs and outputs are in the data's own units (the checkpoint holds the standar
   gives the val/w2, val/w2_floor and val/nll that training logged at the checkpoint's step. The W2 floor uses
   the run's training split (rebuilt from the config in the checkpoint) as the reference sample, or, when that
   cannot be rebuilt, one half of the given data against the other. The ELBO here bounds log p(x) of the given
-  data, with q_b a Gaussian mixture around K fresh posterior particles of each datum (``metrics.elbo``).
+  data by the validation callback's path (``metrics.evaluation.posterior_bounds``): q_b a Gaussian mixture around
+  K fresh posterior particles of each datum (the baselines: their own draws; the encoder also its own density).
 """
 
 from __future__ import annotations
@@ -38,10 +39,17 @@ from torch import Tensor
 
 from lvebm_lightning.checkpointing import read_checkpoint
 from lvebm_lightning.data.files import load_array
-from lvebm_lightning.metrics import ais_log_partition, elbo
-from lvebm_lightning.metrics.evaluation import QUADRATURE_MAX_DIM, data_nll, quadrature, sample_distances
+from lvebm_lightning.errors import is_positive_number
+from lvebm_lightning.metrics import ais_log_partition
+from lvebm_lightning.metrics.evaluation import (
+    QUADRATURE_MAX_DIM,
+    data_nll,
+    posterior_bounds,
+    quadrature,
+    sample_distances,
+)
 from lvebm_lightning.module import LVEBMModule
-from lvebm_lightning.seeding import STREAM_EVAL, make_generator
+from lvebm_lightning.seeding import STREAM_DRAWS, make_generator
 
 CHUNK = 65536
 """Chains moved at once (sample and infer move larger requests chunk by chunk, from one generator)."""
@@ -90,7 +98,7 @@ class LoadedModel:
     def generator(self, seed: int | None, *keys: int) -> torch.Generator:
         """The evaluation stream of rank 0 at the checkpoint's step (the validation callback's), or of ``seed``."""
         base = self.module.seed if seed is None else seed
-        return make_generator(self.module.device, base, 0, STREAM_EVAL, self.step, *keys)
+        return make_generator(self.module.device, base, 0, STREAM_DRAWS, self.step, *keys)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -144,7 +152,7 @@ def load_data(model: LoadedModel, data: str | Path | np.ndarray | Tensor, name: 
 
 def _check_positive(**values: Any) -> None:
     for key, value in values.items():
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        if value is not None and not is_positive_number(value):
             raise InferenceError(f"{key} must be a positive number, got {value!r}.")
 
 
@@ -167,7 +175,7 @@ def sample(
         pairs: also return the latents z of each sample.
         source: ``chains`` (fresh long chains from N(0, I): the model's own distribution) or ``pool`` (the
             persistent negative pool saved in the checkpoint).
-        n_steps, step_size: T_eval and h_eval of the chains (default: the run's ``sampler.eval``).
+        n_steps, step_size: T_eval and h_eval of the chains (default: the run's ``sampler.long_chains``).
         seed: the chains' random stream (default: the run's evaluation stream at the checkpoint's step).
     """
     if source not in ("chains", "pool"):
@@ -233,7 +241,7 @@ def infer(
     generator = model.generator(seed, 1)
     rows = max(1, CHUNK // n_particles)
     z = [
-        model.module.infer(chunk, n_particles, n_steps, step_size, generator)
+        model.module.infer_standardised(chunk, n_particles, n_steps, step_size, generator)
         for chunk in x_std.split(rows)
     ]
     return torch.cat(z).cpu().numpy()
@@ -261,7 +269,8 @@ def evaluate(
 
     Args:
         n_samples: model samples and data points for W2.
-        n_particles: K posterior particles per datum for the ELBO's mixture q (default: the training K).
+        n_particles: K fresh posterior particles per datum for the ELBO's mixture q (default: the training K;
+            short-run and amortised models use their own training draws).
         elbo_samples: S draws from each q_b.
         quadrature_points, box_margin: the quadrature grid per dimension, and the box's widening.
         ais_chains, ais_temperatures: AIS for log Z when dx + dz > 3 (the ELBO then inherits its upward bias).
@@ -274,7 +283,7 @@ def evaluate(
     model = load(ckpt, device)
     module, dev = model.module, model.module.device
     x = load_data(model, data)
-    run = {**EVAL_DEFAULTS, "n_samples": module.evaluation["n_samples"]}
+    run = {**EVAL_DEFAULTS, "n_samples": module.long_chains["n_samples"]}
     run.update(((model.config or {}).get("callbacks") or {}).get("metrics") or {})
     settings = {k: v if v is not None else run[k] for k, v in given.items()}
     n_samples, elbo_samples = int(settings["n_samples"]), int(settings["elbo_samples"])
@@ -317,15 +326,12 @@ def evaluate(
             )
             log_z, out["log_z"], out["log_z_method"] = result.log_z, float(result.log_z), "ais"
         k = int(n_particles or module.posterior.n_particles)
-        particles = torch.from_numpy(infer(model, x, k, seed=None))
-        bounds = elbo(
-            module.energy, x_std, particles.to(dev), log_z, elbo_samples, model.generator(None, 4)
+        bounds = posterior_bounds(
+            module, x_std, None, log_z, elbo_samples, lambda key: model.generator(None, key),
+            lambda _, k_default: torch.from_numpy(infer(model, x, n_particles or k_default)).to(dev),
         )
-        out.update(
-            elbo=float((bounds.elbo - log_det.double()).mean()),
-            iw_bound=float((bounds.iw_bound - log_det.double()).mean()),
-            elbo_particles=k,
-        )
+        out.update({name: float((value - log_det.double()).mean()) for name, value in bounds.items()})
+        out["elbo_particles"] = k
     out.update(
         n_data=len(x), n_w2=n, w2_floor_reference=reference_name, step=model.step, checkpoint=str(model.path),
         data=str(data) if isinstance(data, (str, Path)) else "array",

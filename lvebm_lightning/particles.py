@@ -12,14 +12,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lvebm_lightning.distributed import distributed
+
 
 def shard_indices(n: int, rank: int, world_size: int) -> Tensor:
     """The data indices owned by ``rank``: i with i mod world_size == rank, ascending ``[n_r]``."""
     return torch.arange(rank, n, world_size, dtype=torch.long)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather_rows(local: Tensor, owned: Tensor, n: int) -> Tensor:
@@ -29,7 +27,7 @@ def gather_rows(local: Tensor, owned: Tensor, n: int) -> Tensor:
     Rows that no rank owns stay NaN, so a gap can never pass as data.
     """
     full = torch.full((n, *local.shape[1:]), float("nan"), dtype=local.dtype, device=local.device)
-    if not _distributed():
+    if not distributed():
         full[owned.to(local.device)] = local
         return full
     world = dist.get_world_size()

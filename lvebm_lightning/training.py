@@ -10,22 +10,43 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra.utils
 import lightning.pytorch as pl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lvebm_lightning import tracking
 from lvebm_lightning.checkpointing import AtomicCheckpointIO, CheckpointGuard, check_compatible, read_checkpoint
 from lvebm_lightning.config import ConfigError, expected_world_size, validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
-from lvebm_lightning.module import LVEBMModule, TrainingDiverged
+from lvebm_lightning.divergence import TrainingDiverged
+from lvebm_lightning.module import LVEBMModule
 
 log = logging.getLogger(__name__)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, composed as ``train.py`` composes it, its run directory set to
+    ``output_dir``: ``train(compose_config(...))`` without the command line (tests, benchmarks, notebooks)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} values resolve as under @hydra.main
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
 
 
 def build_model(cfg: DictConfig, datamodule: LVEBMDataModule) -> LVEBMModule:
@@ -53,13 +74,11 @@ def wandb_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_SWEEP_ID") or os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def instantiate_loggers(
-    cfg: DictConfig | None, wandb_run_id: str | None = None, resume: dict[str, Any] | None = None
-) -> list[Logger]:
-    """The loggers of the logger group; a W&B logger continues run ``wandb_run_id`` when one is given, or the
-    run of a checkpoint's ``tracking.resume_state`` (``resume``), skipping the steps that run already logged."""
+def instantiate_loggers(cfg: DictConfig | None, resume: dict[str, Any] | None = None) -> list[Logger]:
+    """The loggers of the logger group; a W&B logger continues the run of a checkpoint's
+    ``tracking.resume_state`` (``resume``), skipping the steps that run already logged."""
     loggers: list[Logger] = []
-    resume = dict(resume or ({"id": wandb_run_id} if wandb_run_id else {}))
+    resume = dict(resume or {})
     for name, entry in (cfg or {}).items():
         if entry is None or "_target_" not in entry:
             continue
@@ -74,13 +93,6 @@ def instantiate_loggers(
         else:
             loggers.append(hydra.utils.instantiate(entry))
     return loggers
-
-
-def wandb_run_id(loggers: list[Logger]) -> str | None:
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            return logger.version
-    return None
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

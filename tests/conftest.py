@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from lvebm_lightning import training
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -23,19 +22,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def compose_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
     """``conf/train.yaml`` with ``debug=fast`` and ``overrides``, its run directory set to ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=["debug=fast", "trainer.accelerator=cpu", *(overrides or [])],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
+    return training.compose_config(output_dir, ["debug=fast", "trainer.accelerator=cpu", *(overrides or [])])
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def gaussian_ckpt(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         state["state_dict"][key] = torch.zeros_like(state["state_dict"][key])
     state["hyper_parameters"]["energy"] = {**state["hyper_parameters"]["energy"], "gamma": GAMMA}
     # Chains of T_eval = 400 steps of h = 0.01 (time 4, sixteen relaxation times 1 / GAMMA) reach equilibrium.
-    state["hyper_parameters"]["evaluation"] = {**state["hyper_parameters"]["evaluation"], "n_steps": 400}
+    state["hyper_parameters"]["long_chains"] = {**state["hyper_parameters"]["long_chains"], "n_steps": 400}
     path = tmp_path_factory.mktemp("gauss") / "gauss.ckpt"
     torch.save(state, path)
     return path

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lvebm_lightning.checkpointing import CheckpointError
-from lvebm_lightning.module import TrainingDiverged
+from lvebm_lightning.divergence import TrainingDiverged
 from lvebm_lightning.training import train
 from tests.helpers.faults import BlowUpNegativeChains, PoisonLatents
 

@@ -38,13 +38,13 @@ def _module(make_cfg, *overrides: str):
     [
         (("sampler.negative.metropolis=true",), True),
         (("sampler.negative.metropolis=false",), False),
-        (("sampler.negative.metropolis=true", "sampler.eval.metropolis=false"), False),
-        (("sampler.negative.metropolis=false", "sampler.eval.metropolis=true"), True),
+        (("sampler.negative.metropolis=true", "sampler.long_chains.metropolis=false"), False),
+        (("sampler.negative.metropolis=false", "sampler.long_chains.metropolis=true"), True),
     ],
 )
 def test_evaluation_chains_use_the_negative_kernel_unless_told_otherwise(make_cfg, overrides, metropolis):
     model = _module(make_cfg, *overrides)
-    assert model.eval_config().metropolis is metropolis
+    assert model.long_chain_config().metropolis is metropolis
     xz = model.sample_joint(N_CHAINS, n_steps=N_STEPS, generator=torch.Generator().manual_seed(0))
     variance = float(xz.var(0).mean())
     exact = 1.0 / PRECISION
@@ -58,6 +58,6 @@ def test_evaluation_chains_use_the_negative_kernel_unless_told_otherwise(make_cf
 def test_posterior_inference_uses_the_posterior_kernel(make_cfg):
     model = _module(make_cfg, "sampler.posterior.metropolis=true", "sampler.negative.metropolis=false")
     x = torch.zeros(N_CHAINS, model.dx)
-    z = model.infer(x, 1, n_steps=N_STEPS, step_size=STEP, generator=torch.Generator().manual_seed(1))
+    z = model.infer_standardised(x, 1, n_steps=N_STEPS, step_size=STEP, generator=torch.Generator().manual_seed(1))
     se = math.sqrt(2.0 / N_CHAINS)
     assert abs(float(z.var()) * PRECISION - 1.0) < 5 * se

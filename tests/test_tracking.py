@@ -129,7 +129,7 @@ def test_resumed_run_continues_the_same_wandb_run_without_logging_a_step_twice(m
 
 # -- Hydra multirun ----------------------------------------------------------------------------------------------
 FAST = ["debug=fast", "trainer.accelerator=cpu", "trainer.max_steps=4", "trainer.val_check_interval=4",
-        "sampler.eval.n_steps=10", "~callbacks.gallery", "test=false"]
+        "sampler.long_chains.n_steps=10", "~callbacks.gallery", "test=false"]
 
 
 @pytest.mark.slow
@@ -216,7 +216,7 @@ def test_wandb_agent_command_runs_train_py(path, tmp_path):
     assert command[:3] == ["/usr/bin/env", "python", "train.py"]
     assert command[3 : 3 + len(args)] == [f"{k}={v}" for k, v in args.items()]
     ddp = path == SWEEPS[-1]
-    extra = [*FAST, "sampler.eval.n_samples=128", *(["trainer=ddp_cpu", "trainer.devices=2"] if ddp else [])]
+    extra = [*FAST, "sampler.long_chains.n_samples=128", *(["trainer=ddp_cpu", "trainer.devices=2"] if ddp else [])]
     assert not {a.split("=")[0] for a in extra} & set(args), "the test must not override a swept key"
     sweep_id, run_id = f"test-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
     param_file = tmp_path / "wandb" / f"sweep-{sweep_id}" / f"config-{run_id}.yaml"

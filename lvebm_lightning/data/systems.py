@@ -26,8 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lvebm_lightning.metrics.quadrature import log_partition
+
 Box = tuple[np.ndarray, np.ndarray]
-Energy = Callable[[Tensor], Tensor]
+Potential = Callable[[Tensor], Tensor]
+"""A dataset's potential U(x) in units of kT: x ``[B, dx]`` to ``[B]``."""
 
 
 class System(ABC):
@@ -75,25 +78,16 @@ class GridDensity(System):
         return grid_log_partition(self.energy, self.box)
 
 
-def has_density(system: System) -> bool:
-    """Whether ``system`` knows its unnormalised density, i.e. has an ``energy(x)`` method."""
-    return callable(getattr(system, "energy", None))
-
-
-def grid_log_partition(energy: Energy, box: Box, n_points: int = 2**20) -> float:
-    """log integral_box exp(-U(x)) dx by the midpoint rule, in float64.
+def grid_log_partition(energy: Potential, box: Box, n_points: int = 2**20) -> float:
+    """log integral_box exp(-U(x)) dx by the midpoint rule (``metrics.quadrature.log_partition``), in float64.
 
     The box [lo, hi] (dx <= 3) is cut into m^dx equal cells, m = round(n_points^(1/dx)), with
     log Z = logsumexp_j(-U(c_j)) + log prod_d h_d over the cell centres c_j, h_d = (hi_d - lo_d) / m. For a
     smooth density that vanishes at the box edges the error falls faster than any power of h.
     """
-    lo, hi = np.asarray(box[0], dtype=np.float64), np.asarray(box[1], dtype=np.float64)
+    lo, hi = (torch.as_tensor(np.asarray(corner), dtype=torch.float64) for corner in box)
     m = round(n_points ** (1.0 / len(lo)))
-    h = (hi - lo) / m
-    axes = [torch.as_tensor(lo_d + (np.arange(m) + 0.5) * h_d) for lo_d, h_d in zip(lo, h, strict=True)]
-    points = torch.cartesian_prod(*axes).reshape(-1, len(lo))
-    log_w = torch.cat([-energy(chunk) for chunk in points.split(2**18)])
-    return float(torch.logsumexp(log_w, 0)) + float(np.log(h).sum())
+    return log_partition(lambda x, z: energy(x), len(lo), 0, lo, hi, m, batch_size=2**18).log_z
 
 
 def _inverse_cdf_sample(energy_1d: Callable[[np.ndarray], np.ndarray], lo: float, hi: float, n: int,
@@ -111,7 +105,7 @@ def _inverse_cdf_sample(energy_1d: Callable[[np.ndarray], np.ndarray], lo: float
     return np.interp(rng.random(n), cdf / cdf[-1], t)
 
 
-def _rejection_sample(energy: Energy, box: Box, n: int, rng: np.random.Generator,
+def _rejection_sample(energy: Potential, box: Box, n: int, rng: np.random.Generator,
                       chunk: int = 2**18) -> np.ndarray:
     """Exact samples of p(x) ∝ exp(-U(x)) on the box by rejection from the uniform law on it, [n, dx].
 

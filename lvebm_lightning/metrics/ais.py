@@ -21,14 +21,13 @@ spread, not this bias, and is itself unreliable when the ESS is small.
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-Energy = Callable[[Tensor, Tensor], Tensor]
+from lvebm_lightning.energy import Energy
 
 # Acceptance rate at which MALA's efficiency peaks in high dimension (Roberts & Rosenthal, 1998).
 _TARGET_ACCEPTANCE = 0.574

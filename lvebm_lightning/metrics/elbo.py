@@ -19,15 +19,13 @@ are estimated on fresh, independent samples from the chosen q_i: given the choic
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lvebm_lightning.energy import Energy
 from lvebm_lightning.metrics.quadrature import batched_energy
-
-Energy = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass

@@ -8,16 +8,21 @@ Shared by the validation / test callback (``callbacks.metrics``) and by ``lvebm-
   with its own fixed generator, so equal inputs give equal values.
 - ``quadrature``: log Z on a box that covers the training data and the model's samples (dx + dz <= 3), and
   ``data_nll``: the exact -log p(x) per datum in data units, -log p_std(s(x)) + sum_d log sigma_d.
+- ``posterior_bounds``: the ELBO and importance-weighted bound of each datum from the posterior strategy's
+  evaluation particles, and for the amortised encoder the ELBO of its own exact density.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lvebm_lightning.metrics.quadrature import Energy, choose_box, log_marginal, log_partition
+from lvebm_lightning.energy import Energy
+from lvebm_lightning.metrics.elbo import elbo
+from lvebm_lightning.metrics.quadrature import choose_box, log_marginal, log_partition
 from lvebm_lightning.metrics.wasserstein import sliced_w2, w2
 
 QUADRATURE_MAX_DIM = 3
@@ -78,3 +83,24 @@ def data_nll(energy: Energy, x_std: Tensor, dz: int, box: dict[str, Any], log_de
     dx = x_std.shape[-1]
     log_p = log_marginal(energy, x_std, dz, box["lo"][dx:], box["hi"][dx:], box["n_points"]) - box["log_z"]
     return -log_p + log_det
+
+
+def posterior_bounds(
+    module: Any, x_std: Tensor, index: Tensor | None, log_z: float, n_samples: int,
+    generator: Callable[[int], torch.Generator], fresh_chains: Callable[[Tensor, int], Tensor],
+) -> dict[str, Tensor]:
+    """Per-datum bounds on log p_std(x_b) ``[B]`` (float64, standardised units) for data ``[B, dx]``.
+
+    ``elbo`` and ``iw_bound`` come from the particle mixture q_b around the strategy's evaluation particles
+    (``module.posterior.evaluation_particles``: the stored particles of training data ``index``, or fresh chains
+    ``fresh_chains(x, K)`` for new data, or the strategy's own draws) with S = ``n_samples`` draws; for a trainable
+    posterior (the amortised encoder) ``elbo_encoder`` is the ELBO of its own exact density. ``generator(key)``
+    gives the random stream of each draw (key 1: particles, 4: the mixture, 7: the encoder's density).
+    """
+    posterior, energy = module.posterior, module.energy
+    particles = posterior.evaluation_particles(energy, x_std, index, generator(1), fresh_chains)
+    bounds = elbo(energy, x_std, particles, log_z, n_samples, generator(4))
+    out = {"elbo": bounds.elbo, "iw_bound": bounds.iw_bound}
+    if posterior.trainable:  # the encoder's exact density: its ELBO needs no bandwidth
+        out["elbo_encoder"] = posterior.elbo(energy, x_std, n_samples, generator(7)) - log_z
+    return out

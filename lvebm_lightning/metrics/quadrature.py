@@ -11,13 +11,12 @@ evaluations. The mass in the outermost layer of cells is reported (`edge_mass`) 
 density is seen, not silently trusted.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-Energy = Callable[[Tensor, Tensor], Tensor]
+from lvebm_lightning.energy import Energy
 
 
 @dataclass
@@ -131,26 +130,6 @@ def log_marginal(
             log_integral = torch.logaddexp(log_integral, log_density.logsumexp(dim=1))
         results.append(log_integral + log_cell)
     return torch.cat(results)
-
-
-def log_likelihood(
-    energy: Energy,
-    x: Tensor,
-    dz: int,
-    lo: Tensor,
-    hi: Tensor,
-    n_per_dim: int = 100,
-    batch_size: int = 65536,
-) -> Tensor:
-    """log p(x) = log int exp(-E(x, z)) dz - log Z for x [B, dx]; float64 [B].
-
-    `lo`, `hi` ([dx + dz]) cover (x, z) jointly: the first dx entries bound x, the last dz bound z. log Z is
-    recomputed on every call; to evaluate many batches, or to see the box's `edge_mass`, call `log_partition`
-    once and subtract its `log_z` from `log_marginal`.
-    """
-    dx = x.shape[1]
-    log_z = log_partition(energy, dx, dz, lo, hi, n_per_dim, batch_size).log_z
-    return log_marginal(energy, x, dz, lo[dx:], hi[dx:], n_per_dim, batch_size) - log_z
 
 
 def choose_box(samples: Tensor, margin: float = 0.5) -> tuple[Tensor, Tensor]:

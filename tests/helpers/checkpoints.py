@@ -27,18 +27,23 @@ def training_state(path: Path) -> dict[str, Any]:
     }
 
 
+def differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """Where two nested states differ; tensors with ``torch.equal`` (same shape, dtype and every bit)."""
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            return [f"{where}: keys {sorted(set(a) ^ set(b)) if isinstance(b, dict) else type(b).__name__}"]
+        return [d for key in a for d in differences(a[key], b[key], f"{where}.{key}")]
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            return [where]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, torch.Tensor):
+        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        return [] if same else [f"{where} differs"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
 def assert_identical(a: Any, b: Any, where: str = "") -> None:
     """Recursive equality; tensors with ``torch.equal`` (same shape, dtype and every bit of every value)."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        same = a.dtype == b.dtype and torch.equal(a, b)
-        assert same, f"{where} differs"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+    found = differences(a, b, where)
+    assert not found, "; ".join(found)

@@ -1,0 +1,39 @@
+"""What a training step reports: the parameter-gradient norm and the ``train/*`` scalars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+
+def total_norm(parameters: Iterable[nn.Parameter]) -> Tensor:
+    """|g|_2 of all the gradients of ``parameters`` together (``torch.nn.utils.get_total_norm``)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+
+
+def log_step(
+    module: pl.LightningModule, loss: Tensor, e_pos: Tensor, e_neg: Tensor, z: Tensor, xz_neg: Tensor,
+    grad_norm: Tensor, skipped_steps: int,
+) -> None:
+    """Log the step's energies, scales and norms, non-finite ones included (a skipped step logs its own values
+    rather than repeating the previous step's), so a divergence shows before it stops the run. The learning
+    rate, ``train/lr``, is logged by Lightning's ``LearningRateMonitor``."""
+    e_pos_mean, e_neg_mean = e_pos.detach().mean(), e_neg.detach().mean()
+    module.log_dict(
+        {"train/loss": loss.detach(), "train/e_pos": e_pos_mean, "train/e_neg": e_neg_mean},
+        prog_bar=True, on_step=True, on_epoch=False,
+    )
+    module.log_dict(
+        {
+            "train/gap": e_pos_mean - e_neg_mean,
+            "train/grad_norm": grad_norm,
+            "train/energy_scale": torch.cat([e_pos.detach().flatten(), e_neg.detach()]).abs().mean(),
+            "train/z_norm": z.norm(dim=-1).mean(),
+            "train/neg_norm": xz_neg.norm(dim=-1).mean(),
+            "train/skipped_steps": float(skipped_steps),
+        },
+        on_step=True, on_epoch=False,
+    )
