@@ -61,7 +61,9 @@ class LangevinConfig:
         if self.kernel is None:
             object.__setattr__(self, "kernel", "mala" if self.metropolis else "ula")
         if self.kernel not in STEPS:
-            raise ValueError(f"Langevin kernel must be one of {sorted(STEPS)}, got {self.kernel!r}; set sampler.*.kernel.")
+            raise ValueError(
+                f"Langevin kernel must be one of {sorted(STEPS)}, got {self.kernel!r}; set sampler.*.kernel."
+            )
         if self.metropolis and not STEPS[self.kernel].adjusted:
             raise ValueError(
                 f"Langevin kernel {self.kernel!r} has no Metropolis correction but metropolis=true; use kernel=mala "
