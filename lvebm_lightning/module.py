@@ -40,7 +40,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def _langevin_config(cfg: dict[str, Any]) -> LangevinConfig:
-    keys = ("step_size", "n_steps", "grad_clip", "metropolis", "final_step_size")
+    keys = ("step_size", "n_steps", "grad_clip", "metropolis", "final_step_size", "kernel", "compile", "autocast")
     return LangevinConfig(**{k: cfg[k] for k in keys if k in cfg})
 
 
@@ -122,6 +122,8 @@ class LVEBMModule(pl.LightningModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         self.generator = make_generator(self.device, self.seed, rank, STREAM_LATENT)
         self.posterior.setup(self.n_data, self.dz, rank, world, self.device, self.generator)
+        if self.posterior.store is not None and self.hparams.posterior.get("store_device") == "cpu":
+            self.posterior.store.keep_on_host()
         if self.negative_pool is None:
             raise RuntimeError(
                 "LVEBMModule needs the NegativePool callback; add callbacks.negative_pool to the config "
@@ -314,6 +316,7 @@ class LVEBMModule(pl.LightningModule):
             step_size=step_size or self.evaluation["step_size"] or self.negative_config.step_size,
             n_steps=self.evaluation["n_steps"] if n_steps is None else n_steps,
             metropolis=self.negative_config.metropolis if metropolis is None else bool(metropolis),
+            compile=self.negative_config.compile, autocast=self.negative_config.autocast,
         )
 
     def eval_generator(self, *keys: int) -> torch.Generator:
