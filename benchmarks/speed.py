@@ -8,12 +8,13 @@ One table:
   machine); compile time (the first call) is excluded and printed.
 - Achieved FLOP/s of the hand loop and of the compiled kernel, counted from the network's shapes: forward plus
   input-gradient backward is 4 B sum_l n_in n_out per step (no parameter gradients), as a share of the matmul
-  rate (``torch.mm`` of 2048 x 2048 float32) measured in the same run.
+  rate (``torch.mm`` of 2048 x 2048 float32) measured in the same row, interleaved with it (best of the row's
+  repeats, the ``mm GFLOP/s`` column).
 - The persistent store for N = 1e4, 1e5, 1e6 data (K = 4, dz = 8): time of one batch's get + set (B = 256)
   relative to N = 1e4 (flat in N: indexed, never scanned) and memory (linear in N), on the device and in host
   memory (``keep_on_host``).
 
-    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--steps 20] [--out table.txt]
+    python benchmarks/speed.py [--quick] [--device cpu|cuda] [--steps 20] [--threads N] [--out table.txt]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _seconds(fn: Callable[[], object], device: str) -> float:
 
 
 def matmul_gflops(device: str, n: int = 2048, repeats: int = 10) -> float:
-    """Dense float32 matmul rate 2 n^3 / t, best of ``repeats``."""
+    """Dense float32 matmul rate 2 n^3 / t in GFLOP/s, best of ``repeats``."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
     return max(2 * n**3 / _seconds(lambda: a @ b, device) for _ in range(repeats)) / 1e9
@@ -77,7 +78,7 @@ def hand_loop(energy: Callable, y: torch.Tensor, n_steps: int, metropolis: bool,
     return y
 
 
-def kernel_rows(args: argparse.Namespace, gflops: float, emit: Callable[[str], None]) -> None:
+def kernel_rows(args: argparse.Namespace, gflops: float, emit: Callable[[str], None], gflops_seen: list[float]) -> None:
     for width in args.widths:
         net = MLPEnergy(2, 1, width=width, depth=2).to(args.device)
         flops_per_particle_step = 4 * (3 * width + width * width + width)
@@ -101,16 +102,20 @@ def kernel_rows(args: argparse.Namespace, gflops: float, emit: Callable[[str], N
                 for fn in variants.values():
                     fn()  # warm-up
                 times: dict[str, list[float]] = {k: [] for k in variants}
+                row_gflops = gflops
                 for _ in range(args.repeats):  # interleaved, so a burst of contention hits every variant alike
                     for name, fn in variants.items():
                         times[name].append(_seconds(fn, args.device))
+                    row_gflops = max(row_gflops, matmul_gflops(args.device, repeats=1))
                 med = {k: min(v) for k, v in times.items()}
+                gflops_seen.append(row_gflops)
                 rate = batch * n_steps / med["hand"]
-                hand_share = 100 * rate * flops_per_particle_step / (gflops * 1e9)
-                comp_share = 100 * batch * n_steps / med["compiled"] * flops_per_particle_step / (gflops * 1e9)
+                hand_share = 100 * rate * flops_per_particle_step / (row_gflops * 1e9)
+                comp_share = 100 * batch * n_steps / med["compiled"] * flops_per_particle_step / (row_gflops * 1e9)
                 emit(
                     f"{width:>5} {batch:>6} {kernel:>5} {n_steps:>4} {rate:>12.3e} {med['hand'] / med['eager']:>8.2f}x "
-                    f"{med['hand'] / med['compiled']:>8.2f}x {hand_share:>7.1f}% {comp_share:>7.1f}% {compile_s:>8.1f}"
+                    f"{med['hand'] / med['compiled']:>8.2f}x {hand_share:>7.1f}% {comp_share:>7.1f}% {compile_s:>8.1f} "
+                    f"{row_gflops:>6.0f}"
                 )
 
 
@@ -145,12 +150,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--work", type=float, default=2e6, help="at most T W B per run: large W B run fewer steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args()
     args.widths = [128, 256] if args.quick else [128, 256, 1024]
     args.batches = [256, 8192] if args.quick else [256, 8192, 65536]
     args.store_sizes = [10_000, 100_000, 1_000_000]
     args.max_width_batch = 1e9 if args.device == "cuda" else 8192 * 1024
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     gflops = matmul_gflops(args.device)
@@ -161,8 +169,9 @@ def main() -> None:
         f"# kernel: MLP 3 -> W -> W -> 1 SiLU, T <= {args.steps} steps (fewer where W B is large), h={H}; "
         "ratios = hand-loop time / variant time",
         f"{'W':>5} {'B':>6} {'step':>5} {'T':>4} {'hand p-st/s':>12} {'eager':>9} {'compiled':>9} {'hand':>8} "
-        f"{'compiled':>8} {'compile':>8}",
-        f"{'':>5} {'':>6} {'':>5} {'':>4} {'':>12} {'/hand':>9} {'/hand':>9} {'%mm':>8} {'%mm':>8} {'s':>8}",
+        f"{'compiled':>8} {'compile':>8} {'mm':>6}",
+        f"{'':>5} {'':>6} {'':>5} {'':>4} {'':>12} {'/hand':>9} {'/hand':>9} {'%mm':>8} {'%mm':>8} {'s':>8} "
+        f"{'GFLOP/s':>6}",
     ]
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written row by row, closed at the end
 
@@ -174,7 +183,10 @@ def main() -> None:
 
     for line in header:
         emit(line)
-    kernel_rows(args, gflops, emit)
+    gflops_seen = [gflops]
+    kernel_rows(args, gflops, emit, gflops_seen)
+    emit(f"# dense matmul over the run: {min(gflops_seen):.0f}-{max(gflops_seen):.0f} GFLOP/s (best per row; "
+         "the spread is the machine's contention)")
     emit("# store: K=4, dz=8, B=256; one batch's get + set, vs N=1e4 of the same placement; memory of the store")
     emit(f"{'N':>8} {'where':>6} {'get+set':>12} {'vs 1e4':>7} {'memory':>13}")
     store_rows(args, emit)

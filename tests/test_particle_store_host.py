@@ -22,3 +22,21 @@ def test_host_store_matches_the_device_store_through_gets_and_sets():
             assert torch.equal(store.get(index), moved)
     assert torch.equal(stores[1].full(), stores[0].full())
     assert stores[1].compute_device == stores[0].device
+
+
+def test_sampler_config_reaches_every_kernel(make_cfg):
+    """sampler.compile / autocast / kernel and posterior.store_device travel from the config to the module's kernels."""
+    from hydra.utils import instantiate
+
+    from lvebm_lightning.training import build_model
+
+    cfg = make_cfg("sampler.compile=true", "sampler.autocast=true", "sampler.negative.kernel=ula",
+                   "sampler.negative.metropolis=false", "sampler.posterior.store_device=cpu")
+    model = build_model(cfg, instantiate(cfg.data).prepare())
+    assert model.posterior.config.compile and model.negative_config.compile and model.eval_config().compile
+    assert model.posterior.config.autocast and model.eval_config().autocast
+    assert model.posterior.config.kernel == "mala" and model.negative_config.kernel == "ula"
+    assert model.eval_config().kernel == "ula"  # evaluation follows the negative kernel's Metropolis setting
+    assert model.hparams.posterior["store_device"] == "cpu"
+    defaults = build_model(make_cfg(run="default"), instantiate(cfg.data).prepare())
+    assert not defaults.negative_config.compile and defaults.negative_config.kernel == "mala"
