@@ -33,7 +33,7 @@ from lvebm_lightning.step_logging import log_step, total_norm
 
 def langevin_config(cfg: dict[str, Any]) -> LangevinConfig:
     """The kernel settings of a ``sampler.posterior`` / ``sampler.negative`` entry."""
-    keys = ("step_size", "n_steps", "grad_clip", "metropolis", "final_step_size")
+    keys = ("step_size", "n_steps", "grad_clip", "metropolis", "final_step_size", "kernel", "compile", "autocast")
     return LangevinConfig(**{k: cfg[k] for k in keys if k in cfg})
 
 
@@ -111,6 +111,8 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         self.generator = make_generator(self.device, self.seed, rank, STREAM_LATENT)
         self.posterior.setup(self.n_data, self.dz, rank, world, self.device, self.generator)
+        if self.posterior.store is not None and self.hparams.posterior.get("store_device") == "cpu":
+            self.posterior.store.keep_on_host()
         if self.negative_pool is None:
             raise RuntimeError(
                 "LVEBMModule needs the NegativePool callback; add callbacks.negative_pool to the config "

@@ -4,6 +4,13 @@ The store holds K latent particles z_i^k for every training datum i: a tensor ``
 DDP each rank owns a fixed shard of the data indices (``shard_indices``) and holds only the particles of its
 own shard, so particles never cross ranks during training. A checkpoint holds the whole ``[N, K, dz]`` store,
 gathered from every rank; loading it under another number of ranks re-shards it.
+
+Indexing is O(B) per batch: ``get`` gathers and ``set`` scatters the batch's rows only, never the whole store.
+``keep_on_host()`` (``sampler.posterior.store_device=cpu``) keeps the store in host memory (pinned when CUDA is
+present) for N K dz too large for the device: ``get`` gathers the batch's rows on the host and copies them to
+the device without blocking (the batch's indices are read on the host); ``set`` starts a non-blocking copy
+back and applies it on the host at the next access, so the copy overlaps the rest of the training step. The
+values are the same as on the device.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class ParticleStore:
         self.rank, self.world_size = rank, world_size
         self.owned = shard_indices(n_data, rank, world_size)
         self.values = torch.zeros(len(self.owned), n_particles, dim)
+        self.compute_device: torch.device | None = None  # set by keep_on_host: where get() delivers
+        self._pending: tuple[Tensor, Tensor, torch.cuda.Event | None] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -72,6 +81,23 @@ class ParticleStore:
     def to(self, device: torch.device | str) -> ParticleStore:
         self.values = self.values.to(device)
         return self
+
+    def keep_on_host(self) -> None:
+        """Move the store to host memory (pinned when CUDA is available); ``get`` still delivers on the device
+        the store was on."""
+        self._flush()
+        self.compute_device = self.values.device
+        values = self.values.cpu()
+        self.values = values.pin_memory() if torch.cuda.is_available() else values
+
+    def _flush(self) -> None:
+        """Apply the last ``set`` of a host store once its device-to-host copy has landed."""
+        if self._pending is not None:
+            local, rows, done = self._pending
+            if done is not None:
+                done.synchronize()
+            self.values[local] = rows
+            self._pending = None
 
     def init_(self, generator: torch.Generator | None = None, scale: float = 1.0) -> None:
         """Draw every owned particle from the init distribution N(0, scale^2 I)."""
@@ -94,15 +120,34 @@ class ParticleStore:
 
     def get(self, index: Tensor) -> Tensor:
         """The particles ``[B, K, d]`` of data ``index`` ``[B]`` (global indices owned by this rank)."""
-        return self.values[self._local(index)]
+        if self.compute_device is None:
+            return self.values[self._local(index)]
+        self._flush()
+        rows = self.values[self._local(index)]
+        if rows.device != self.compute_device and torch.cuda.is_available():
+            rows = rows.pin_memory()
+        return rows.to(self.compute_device, non_blocking=True)
 
     def set(self, index: Tensor, particles: Tensor) -> None:
         """Write back the particles ``[B, K, d]`` of data ``index`` ``[B]``."""
-        self.values[self._local(index)] = particles.detach().to(self.values.dtype)
+        if self.compute_device is None:
+            self.values[self._local(index)] = particles.detach().to(self.values.dtype)
+            return
+        self._flush()
+        rows = particles.detach().to(self.values.device, self.values.dtype, non_blocking=True)
+        if not particles.is_cuda:
+            self.values[self._local(index)] = rows
+            return
+        done = torch.cuda.Event()
+        done.record()
+        self._pending = (self._local(index), rows, done)
 
     def full(self) -> Tensor:
         """The whole store ``[N, K, d]`` gathered from every rank (a collective)."""
-        return gather_rows(self.values, self.owned, self.n_data)
+        self._flush()
+        # A host store is gathered on the host, unless the process group's backend needs device tensors.
+        on_device = self.compute_device is not None and _distributed() and dist.get_backend() == "nccl"
+        return gather_rows(self.values.to(self.compute_device) if on_device else self.values, self.owned, self.n_data)
 
     def load_full(self, full: Tensor) -> None:
         """Take this rank's shard of a whole store ``[N, K, d]`` (saved under any number of ranks)."""
@@ -112,4 +157,6 @@ class ParticleStore:
                 f"The checkpoint's particle store has shape {tuple(full.shape)} but this run needs {expected} "
                 "(N data, K particles, dz); resume with the same data and model.n_particles / model.dz."
             )
-        self.values = full[self.owned].to(self.device, self.values.dtype).clone()
+        self._flush()
+        values = full[self.owned].to(self.device, self.values.dtype).clone()
+        self.values = values.pin_memory() if self.compute_device is not None and torch.cuda.is_available() else values

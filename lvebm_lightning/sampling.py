@@ -66,6 +66,7 @@ class SamplingAPI:
             step_size=step_size or self.long_chains["step_size"] or self.negative_config.step_size,
             n_steps=self.long_chains["n_steps"] if n_steps is None else n_steps,
             metropolis=self.negative_config.metropolis if metropolis is None else bool(metropolis),
+            compile=self.negative_config.compile, autocast=self.negative_config.autocast,
         )
 
     def draw_generator(self, *keys: int) -> torch.Generator:

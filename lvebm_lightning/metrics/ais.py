@@ -9,8 +9,14 @@ Each of `n_chains` chains starts at y_0 ~ p_0 and, for t = 1..T, adds to its log
 
     log w += (beta_t - beta_{t-1}) (-E(y) - log p_0(y))
 
-then moves y with `n_mala_steps` Metropolis-adjusted Langevin (MALA) steps that leave gamma_t invariant.
-The invariance is what makes E[w] = Z exactly (Neal, 2001); an unadjusted Langevin step would bias it.
+then moves y with `n_mala_steps` Metropolis-adjusted Langevin (MALA) steps of the shared kernel
+(``langevin_steps.mala_step``) on U_t = -log gamma_t, which leave gamma_t invariant. The invariance is what makes
+E[w] = Z exactly (Neal, 2001) for step sizes fixed in advance; an unadjusted Langevin step would bias it.
+
+Step sizes. With `adapt_step_size`, a pilot run of separate chains (a quarter of `n_chains`, at least 16),
+whose weights are discarded, adapts h move by move towards MALA's optimal acceptance 0.574; the estimate is
+then computed by fresh chains with that schedule frozen. Their h never depends on their own moves, so the
+estimator stays exactly unbiased given the pilot's schedule.
 
     log Z_hat = log (1/C) sum_c w_c,    ESS = (sum_c w_c)^2 / sum_c w_c^2.
 
@@ -28,6 +34,8 @@ import torch
 from torch import Tensor
 
 from lvebm_lightning.energy import Energy
+from lvebm_lightning.langevin import energy_and_grad
+from lvebm_lightning.langevin_steps import STEPS, ChainState, mala_step
 
 # Acceptance rate at which MALA's efficiency peaks in high dimension (Roberts & Rosenthal, 1998).
 _TARGET_ACCEPTANCE = 0.574
@@ -69,13 +77,49 @@ def _sq_norm(v: Tensor) -> Tensor:
     return v.to(torch.float64).pow(2).sum(dim=-1)
 
 
-def _neg_energy_and_grad(energy: Energy, y: Tensor, dx: int) -> tuple[Tensor, Tensor]:
-    """-E(y) [C] in float64 and its gradient in y [C, d]; no parameter gradients are built."""
-    with torch.enable_grad():
-        y = y.detach().requires_grad_(True)
-        neg_energy = -energy(y[:, :dx], y[:, dx:])
-        (grad,) = torch.autograd.grad(neg_energy.sum(), y)
-    return neg_energy.detach().to(torch.float64), grad.detach()
+def _tempered(e: Tensor, grad_e: Tensor, v: Tensor, beta: float, sigma0: float) -> tuple[Tensor, Tensor]:
+    """U_t(v) = beta E(v) + (1 - beta) |v|^2 / (2 sigma0^2) = -log gamma_t(v) + const [C], and grad U_t [C, d]."""
+    return beta * e + (1 - beta) * 0.5 * (v * v).sum(-1) / sigma0**2, beta * grad_e + (1 - beta) * v / sigma0**2
+
+
+def _anneal(
+    energy: Energy, y: Tensor, dx: int, betas: Tensor, sigma0: float, n_mala_steps: int,
+    step_sizes: list[Tensor] | None, step_size: float, generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run chains from y [C, d] ~ p_0 along the path; return their log weights [C] (float64), the sum of per-move
+    acceptance rates, and the step size of every move: ``step_sizes`` when given (frozen), else adapted."""
+    log_base_norm = -0.5 * y.shape[-1] * math.log(2 * math.pi * sigma0**2)
+    log_weights = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
+    accept_sum = torch.zeros((), dtype=y.dtype, device=y.device)
+    h = torch.tensor(step_size, dtype=y.dtype, device=y.device)
+    used: list[Tensor] = []
+
+    def joint(v: Tensor) -> Tensor:
+        return energy(v[:, :dx], v[:, dx:])
+
+    for t in range(1, len(betas)):
+        e, grad_e = energy_and_grad(joint, y)
+        log_base = -0.5 * _sq_norm(y) / sigma0**2 + log_base_norm
+        log_weights += (betas[t] - betas[t - 1]) * (-e.to(torch.float64) - log_base)
+        if t == len(betas) - 1:
+            break
+        beta = float(betas[t])
+
+        def tempered(v: Tensor, beta: float = beta) -> tuple[Tensor, Tensor]:
+            return _tempered(*energy_and_grad(joint, v), v, beta, sigma0)
+
+        state = ChainState(y, *_tempered(e, grad_e, y, beta, sigma0), accept_sum)
+        for _ in range(n_mala_steps):
+            if step_sizes is not None:
+                h = step_sizes[len(used)]
+            noise, uniform = STEPS["mala"].draw(y, generator)
+            before = state.accept_sum
+            state = mala_step(tempered, state, h, noise, uniform, None)
+            used.append(h)
+            if step_sizes is None:
+                h = h * torch.exp(state.accept_sum - before - _TARGET_ACCEPTANCE)
+        y, accept_sum = state.y, state.accept_sum
+    return log_weights, accept_sum, used
 
 
 def ais_log_partition(
@@ -95,63 +139,26 @@ def ais_log_partition(
     """AIS estimate of log Z = log int exp(-E(x, z)) dx dz from the base N(0, sigma0^2 I) (module docstring).
 
     Chains live on the device of `generator` (CPU if None) in `dtype`; weights are kept in float64. Every
-    transition is `n_mala_steps` MALA steps with step size h:
+    transition is `n_mala_steps` MALA steps with step size h on U_t = -log gamma_t:
 
-        y' = y + h grad log gamma_t(y) + sqrt(2 h) xi,   accepted with prob min(1, gamma_t(y') q(y | y') /
-                                                                                (gamma_t(y) q(y' | y))).
+        y' = y - h grad U_t(y) + sqrt(2 h) xi,   accepted with prob min(1, gamma_t(y') q(y | y') /
+                                                                         (gamma_t(y) q(y' | y))).
 
-    With `adapt_step_size`, h is multiplied after each MALA step by exp(acc - 0.574), acc that step's
-    acceptance rate over all chains, so h follows the scale of the path. Each transition still leaves its
-    gamma_t invariant for the h it uses; h depends on any single chain only through an average over n_chains.
-    Costs n_chains (1 + (T - 1) n_mala_steps) energy-and-gradient evaluations.
+    With `adapt_step_size`, a pilot run of max(16, n_chains // 4) separate chains multiplies h after each move
+    by exp(acc - 0.574), acc that move's acceptance rate over the pilot chains; the n_chains chains of the
+    estimate then use the pilot's h move by move, frozen (module docstring: exact unbiasedness). Without it,
+    h = `step_size` throughout. Costs (n_chains + pilot) (T + (T - 1) n_mala_steps) energy-and-gradient
+    evaluations: one at each temperature's start (E for the weight, grad E for the first move) and one per move.
     """
     dim = dx + dz
     device = generator.device if generator is not None else torch.device("cpu")
     betas = annealing_schedule(n_temperatures, schedule).to(device)
-    log_base_norm = -0.5 * dim * math.log(2 * math.pi * sigma0**2)
-
-    def log_base(y: Tensor) -> Tensor:
-        return -0.5 * _sq_norm(y) / sigma0**2 + log_base_norm
-
-    def log_target(neg_energy: Tensor, y: Tensor, beta: Tensor) -> Tensor:
-        return (1 - beta) * log_base(y) + beta * neg_energy
-
-    def grad_log_target(grad_neg_energy: Tensor, y: Tensor, beta: Tensor) -> Tensor:
-        return (1 - beta).to(y.dtype) * (-y / sigma0**2) + beta.to(y.dtype) * grad_neg_energy
-
+    schedule_h = None
+    if adapt_step_size:
+        pilot = sigma0 * torch.randn(max(16, n_chains // 4), dim, generator=generator, device=device, dtype=dtype)
+        _, _, schedule_h = _anneal(energy, pilot, dx, betas, sigma0, n_mala_steps, None, step_size, generator)
     y = sigma0 * torch.randn(n_chains, dim, generator=generator, device=device, dtype=dtype)
-    neg_energy, grad_neg_energy = _neg_energy_and_grad(energy, y, dx)
-    log_weights = torch.zeros(n_chains, dtype=torch.float64, device=device)
-    h = torch.tensor(step_size, dtype=torch.float64, device=device)
-    acceptance_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for t in range(1, n_temperatures + 1):
-        beta = betas[t]
-        log_weights += (beta - betas[t - 1]) * (neg_energy - log_base(y))
-        if t == n_temperatures:
-            break
-        for _ in range(n_mala_steps):
-            drift = grad_log_target(grad_neg_energy, y, beta)
-            noise = torch.randn(y.shape, generator=generator, device=device, dtype=dtype)
-            proposal = y + h.to(dtype) * drift + (2 * h).sqrt().to(dtype) * noise
-            prop_neg_energy, prop_grad = _neg_energy_and_grad(energy, proposal, dx)
-            prop_drift = grad_log_target(prop_grad, proposal, beta)
-            log_forward = -_sq_norm(proposal - y - h.to(dtype) * drift) / (4 * h)
-            log_backward = -_sq_norm(y - proposal - h.to(dtype) * prop_drift) / (4 * h)
-            log_ratio = (
-                log_target(prop_neg_energy, proposal, beta)
-                - log_target(neg_energy, y, beta)
-                + log_backward
-                - log_forward
-            )
-            uniform = torch.rand(n_chains, generator=generator, device=device, dtype=torch.float64)
-            accept = uniform.log() < log_ratio
-            y = torch.where(accept.unsqueeze(-1), proposal, y)
-            neg_energy = torch.where(accept, prop_neg_energy, neg_energy)
-            grad_neg_energy = torch.where(accept.unsqueeze(-1), prop_grad, grad_neg_energy)
-            rate = accept.to(torch.float64).mean()
-            acceptance_sum += rate
-            if adapt_step_size:
-                h = h * torch.exp(rate - _TARGET_ACCEPTANCE)
+    log_weights, accept_sum, _ = _anneal(energy, y, dx, betas, sigma0, n_mala_steps, schedule_h, step_size, generator)
 
     log_z = log_weights.logsumexp(0) - math.log(n_chains)
     ess = float((2 * log_weights.logsumexp(0) - (2 * log_weights).logsumexp(0)).exp())
@@ -161,5 +168,5 @@ def ais_log_partition(
         log_z_std_err=math.sqrt(max(1.0 / ess - 1.0 / n_chains, 0.0)),
         ess=ess,
         log_weights=log_weights,
-        acceptance=float(acceptance_sum) / n_moves,
+        acceptance=float(accept_sum) / n_moves,
     )
