@@ -146,7 +146,7 @@ class ParticleStore:
         """The whole store ``[N, K, d]`` gathered from every rank (a collective)."""
         self._flush()
         # A host store is gathered on the host, unless the process group's backend needs device tensors.
-        on_device = self.compute_device is not None and _distributed() and dist.get_backend() == "nccl"
+        on_device = self.compute_device is not None and distributed() and dist.get_backend() == "nccl"
         return gather_rows(self.values.to(self.compute_device) if on_device else self.values, self.owned, self.n_data)
 
     def load_full(self, full: Tensor) -> None:
