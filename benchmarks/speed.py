@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from lvebm_lightning.energy import MLPEnergy
+from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.particles import ParticleStore
 
@@ -81,6 +81,7 @@ def hand_loop(energy: Callable, y: torch.Tensor, n_steps: int, metropolis: bool,
 def kernel_rows(args: argparse.Namespace, gflops: float, emit: Callable[[str], None], gflops_seen: list[float]) -> None:
     for width in args.widths:
         net = MLPEnergy(2, 1, width=width, depth=2).to(args.device)
+        joint = on_pairs(net, 2)
         flops_per_particle_step = 4 * (3 * width + width * width + width)
         for batch in args.batches:
             if width * batch > args.max_width_batch:
@@ -94,9 +95,9 @@ def kernel_rows(args: argparse.Namespace, gflops: float, emit: Callable[[str], N
                 eager = LangevinConfig(H, n_steps, kernel=kernel)
                 compiled = LangevinConfig(H, n_steps, kernel=kernel, compile=True)
                 variants = {
-                    "hand": lambda e=net.joint, y0=y0, t=n_steps, m=metropolis, g=gen: hand_loop(e, y0, t, m, g),
-                    "eager": lambda e=net.joint, y0=y0, c=eager, g=gen: langevin(e, y0, c, g),
-                    "compiled": lambda e=net.joint, y0=y0, c=compiled, g=gen: langevin(e, y0, c, g),
+                    "hand": lambda e=joint, y0=y0, t=n_steps, m=metropolis, g=gen: hand_loop(e, y0, t, m, g),
+                    "eager": lambda e=joint, y0=y0, c=eager, g=gen: langevin(e, y0, c, g),
+                    "compiled": lambda e=joint, y0=y0, c=compiled, g=gen: langevin(e, y0, c, g),
                 }
                 compile_s = _seconds(variants["compiled"], args.device)  # first call: compiles
                 for fn in variants.values():

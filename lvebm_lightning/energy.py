@@ -10,6 +10,11 @@ from torch import Tensor, nn
 Energy = Callable[[Tensor, Tensor], Tensor]
 """A joint energy: x ``[..., dx]`` and z ``[..., dz]`` to E(x, z) ``[...]`` (an ``MLPEnergy``, or any callable)."""
 
+
+def on_pairs(energy: Energy, dx: int) -> Callable[[Tensor], Tensor]:
+    """The energy of concatenated pairs ``[..., dx + dz]``, E([x, z]) = energy(x, z): the joint kernel's target."""
+    return lambda xz: energy(xz[..., :dx], xz[..., dx:])
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "softplus": nn.Softplus,

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from lvebm_lightning import langevin_compiled
-from lvebm_lightning.energy import MLPEnergy
+from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 
 
@@ -74,7 +74,7 @@ def _network(spectral_norm: bool = False) -> MLPEnergy:
 @pytest.mark.parametrize("extras", [{}, {"grad_clip": 0.5, "final_step_size": 0.05}])
 def test_eager_kernel_equals_the_frozen_loop_exactly(metropolis, extras):
     net = _network()
-    energy = net.joint
+    energy = on_pairs(net, 2)
     y0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
     config = LangevinConfig(0.8, 25, metropolis=metropolis, **extras)
     y, accept = langevin(energy, y0, config, torch.Generator().manual_seed(2))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from lvebm_lightning.energy import MLPEnergy
+from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 
 N_CHAINS = 20000
@@ -110,10 +110,7 @@ def test_a_langevin_chain_through_cached_spectral_norm_equals_the_uncached_chain
     energy = MLPEnergy(dx=2, dz=1, width=16, depth=2, spectral_norm=True, gamma=0.1).eval()
     y0 = torch.randn(256, 3)
     config = LangevinConfig(0.02, 20, metropolis=True)
-
-    def joint(xz: torch.Tensor) -> torch.Tensor:
-        return energy(xz[..., :2], xz[..., 2:])
-
+    joint = on_pairs(energy, 2)
     plain, acc_plain = langevin(joint, y0, config, torch.Generator().manual_seed(2))
     with parametrize.cached():
         cached, acc_cached = langevin(joint, y0, config, torch.Generator().manual_seed(2))
