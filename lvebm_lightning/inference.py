@@ -37,22 +37,13 @@ import torch
 from torch import Tensor
 
 from lvebm_lightning.checkpointing import read_checkpoint
+from lvebm_lightning.cli import SPLITS, missing_data
 from lvebm_lightning.data.files import load_array
-from lvebm_lightning.metrics import ais_log_partition, elbo
-from lvebm_lightning.metrics.evaluation import QUADRATURE_MAX_DIM, data_nll, quadrature, sample_distances
 from lvebm_lightning.module import LVEBMModule
 from lvebm_lightning.seeding import STREAM_EVAL, make_generator
 
 CHUNK = 65536
 """Chains moved at once (sample and infer move larger requests chunk by chunk, from one generator)."""
-
-SPLITS = ("val", "test")
-EVAL_DEFAULTS = {
-    "elbo_samples": 64, "quadrature_points": 64, "box_margin": 0.3, "ais_chains": 256, "ais_temperatures": 200,
-    "max_edge_mass": 1e-3, "box_widenings": 3,
-}
-"""``evaluate``'s settings when the checkpoint's config has none (those of ``callbacks.metrics.EvaluationMetrics``)."""
-
 
 class InferenceError(ValueError):
     """A request that cannot be served (wrong dimension, missing pool, bad count); one line with the fix."""
@@ -67,6 +58,7 @@ class LoadedModel:
     step: int
     config: dict[str, Any] | None
     pool: Tensor | None  # [M, dx + dz], standardised units
+    particles: Tensor | None = None  # [N, K, dz] persistent posterior particles of the training data
     _run_data: Any = None
 
     def run_data(self) -> Any:
@@ -117,6 +109,7 @@ def load(ckpt: str | Path | LoadedModel, device: str | torch.device = "cpu") -> 
         step=int(state.get("global_step", 0)),
         config=state.get("config"),
         pool=pool.to(module.device) if pool is not None else None,
+        particles=(state.get("lvebm") or {}).get("particles"),
     )
 
 
@@ -124,6 +117,8 @@ def load_data(model: LoadedModel, data: str | Path | np.ndarray | Tensor, name: 
     """Data ``[B, dx]`` in data units from a file, an array or a split name, checked against the model's dx."""
     if isinstance(data, str) and data in SPLITS:
         return model.run_data().raw[data]
+    if isinstance(data, (str, Path)) and not Path(data).expanduser().exists():
+        raise InferenceError(missing_data(str(data)))
     if isinstance(data, (str, Path)):
         x = torch.from_numpy(load_array(Path(data).expanduser()))
         source = str(data)
@@ -239,7 +234,6 @@ def infer(
     return torch.cat(z).cpu().numpy()
 
 
-@torch.no_grad()
 def evaluate(
     ckpt: str | Path | LoadedModel,
     data: str | Path | np.ndarray | Tensor = "test",
@@ -251,6 +245,7 @@ def evaluate(
     box_margin: float | None = None,
     ais_chains: int | None = None,
     ais_temperatures: int | None = None,
+    seed: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """W2, exact NLL (dx + dz <= 3) and ELBO of the checkpoint on ``data`` (data units: a file, an array, or
@@ -265,79 +260,20 @@ def evaluate(
         elbo_samples: S draws from each q_b.
         quadrature_points, box_margin: the quadrature grid per dimension, and the box's widening.
         ais_chains, ais_temperatures: AIS for log Z when dx + dz > 3 (the ELBO then inherits its upward bias).
+        seed: the random stream of the model samples, posterior chains and ELBO draws (default: the run's
+            evaluation stream at the checkpoint's step, which reproduces training's numbers).
+
+    Besides ``elbo`` / ``iw_bound`` of the given data (fresh posterior particles), the result holds
+    ``train_elbo`` / ``train_iw_bound``: the bound that training logs as ``val/elbo`` and ``test/elbo``, which is
+    computed on the persistent particles of the first ``n_elbo`` training data, not on the split evaluated
+    (``elbo_note`` says so); with the default seed it reproduces the logged number (single-device runs).
     """
+    from lvebm_lightning.scoring import score
+
     given = {
         "n_samples": n_samples, "elbo_samples": elbo_samples, "quadrature_points": quadrature_points,
         "box_margin": box_margin, "ais_chains": ais_chains, "ais_temperatures": ais_temperatures,
     }
     _check_positive(n_particles=n_particles, **given)
     model = load(ckpt, device)
-    module, dev = model.module, model.module.device
-    x = load_data(model, data)
-    run = {**EVAL_DEFAULTS, "n_samples": module.evaluation["n_samples"]}
-    run.update(((model.config or {}).get("callbacks") or {}).get("metrics") or {})
-    settings = {k: v if v is not None else run[k] for k, v in given.items()}
-    n_samples, elbo_samples = int(settings["n_samples"]), int(settings["elbo_samples"])
-    quadrature_points, box_margin = int(settings["quadrature_points"]), float(settings["box_margin"])
-    train_x = _training_data(model)
-    if train_x is not None:  # as in training: the floor is W2(training data, data), the box covers training data
-        data_w2, reference, reference_name, cover = x, train_x, "training split", train_x
-    elif len(x) >= 2:  # two disjoint halves of the data, so that the floor compares independent samples
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
-        data_w2, reference, reference_name, cover = x[order[: len(x) // 2]], x[order[len(x) // 2 :]], "half", x
-    else:
-        raise InferenceError("the W2 floor needs at least 2 data rows when the training data cannot be rebuilt.")
-
-    model_xz = module.sample_joint(n_samples, generator=model.generator(None))
-    model_x = module.to_data_units(model_xz[:, : model.dx]).cpu()
-    pool_x = module.to_data_units(model.pool[:, : model.dx]).cpu() if model.pool is not None else None
-    n = min(n_samples, len(data_w2), len(reference), len(model_x))
-    distances = sample_distances(model_x, data_w2, reference, n, pool_x)
-    out: dict[str, Any] = {k: float(v) for k, v in distances.items()}
-
-    x_std = module.to_standard_units(x.to(dev))
-    log_det = module.data_std.log().sum()
-    box = None
-    if model.dx + model.dz <= QUADRATURE_MAX_DIM:
-        cover_std = module.to_standard_units(cover[:n_samples].to(dev))
-        box = quadrature(
-            module.energy, model.dx, model.dz, cover_std, model_xz, quadrature_points, box_margin,
-            float(run["max_edge_mass"]), int(run["box_widenings"]),
-        )
-        nll = data_nll(module.energy, x_std, model.dz, box, log_det)
-        out.update(nll=float(nll.mean()), quadrature_edge_mass=float(box["edge_mass"]), log_z=float(box["log_z"]))
-    if model.dz > 0:
-        if box is not None:
-            log_z, out["log_z_method"] = box["log_z"], "quadrature"
-        else:
-            result = ais_log_partition(
-                module.energy, model.dx, model.dz, n_chains=int(settings["ais_chains"]),
-                n_temperatures=int(settings["ais_temperatures"]),
-                generator=model.generator(None, 3),
-            )
-            log_z, out["log_z"], out["log_z_method"] = result.log_z, float(result.log_z), "ais"
-        k = int(n_particles or module.posterior.n_particles)
-        particles = torch.from_numpy(infer(model, x, k, seed=None))
-        bounds = elbo(
-            module.energy, x_std, particles.to(dev), log_z, elbo_samples, model.generator(None, 4)
-        )
-        out.update(
-            elbo=float((bounds.elbo - log_det.double()).mean()),
-            iw_bound=float((bounds.iw_bound - log_det.double()).mean()),
-            elbo_particles=k,
-        )
-    out.update(
-        n_data=len(x), n_w2=n, w2_floor_reference=reference_name, step=model.step, checkpoint=str(model.path),
-        data=str(data) if isinstance(data, (str, Path)) else "array",
-    )
-    return out
-
-
-def _training_data(model: LoadedModel) -> Tensor | None:
-    """The run's training split (data units), rebuilt from the checkpoint's config; None if it cannot be."""
-    if not model.config or "data" not in model.config:
-        return None
-    try:
-        return model.run_data().raw["train"]
-    except (ValueError, OSError):  # the training file moved or is gone: the caller falls back to the data given
-        return None
+    return score(model, data, load_data(model, data), given, n_particles, seed)
