@@ -1,11 +1,11 @@
 """Sample galleries: model samples over data, the learned landscape of x, posterior clouds z | x.
 
-Drawn on rank 0 after each validation, and after the final test, from the samples the metrics callback
-gathered from every rank (``EvaluationMetrics.latest``), so that even a run shorter than the validation interval
-has its galleries; saved as PNG under ``<run dir>/galleries/`` (``<figure>_step<N>.png``, and
-``test_<figure>_step<N>.png`` for the test) and logged to W&B as images (``gallery/<figure>``,
-``gallery/test_<figure>``). Everything is shown in the data's own units, on axes x_1, x_2 (the first two
-coordinates of x when dx > 2); every title names the step.
+Drawn on rank 0 after each validation, and after the final test unless a validation at the same step drew them
+already, from the samples the metrics callback gathered from every rank (``EvaluationMetrics.latest``), so that
+even a run shorter than the validation interval has its galleries; saved as PNG under ``<run dir>/galleries/``
+(``<figure>_step<N>.png``, and ``test_<figure>_step<N>.png`` for the test) and logged to W&B as images
+(``gallery/<figure>``, ``gallery/test_<figure>``). Everything is shown in the data's own units, on axes x_1, x_2
+(the first two coordinates of x when dx > 2); every title names the step.
 """
 
 from __future__ import annotations
@@ -46,18 +46,21 @@ class Gallery(pl.Callback):
         self.n_samples, self.n_posterior = n_samples, n_posterior
         self.n_posterior_particles, self.grid_points = n_posterior_particles, grid_points
         self.saved: list[Path] = []
+        self._drawn_step: int | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._from_metrics(trainer, pl_module, "")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._from_metrics(trainer, pl_module, "test_")
+        if self._drawn_step != trainer.global_step:
+            self._from_metrics(trainer, pl_module, "test_")
 
     def _from_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
         metrics = next((c for c in trainer.callbacks if hasattr(c, "latest") and c.latest), None)
         if metrics is None:
             return
         self._draw(trainer, pl_module, metrics.latest, prefix)
+        self._drawn_step = trainer.global_step
 
     @rank_zero_only
     def _draw(self, trainer: pl.Trainer, pl_module: Any, latest: dict[str, torch.Tensor], prefix: str) -> None:
