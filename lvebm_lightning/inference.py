@@ -17,130 +17,29 @@ Inputs and outputs are in the data's own units (the checkpoint holds the standar
   returns the persistent negative pool instead (its state at the checkpoint).
 - **Posterior particles** are K fresh conditional chains per datum, z <- z - h grad_z E(x_b, z) + sqrt(2h) xi
   from N(0, I), T_eval steps of the training posterior step size h_z unless given.
-- **Metrics** are those of the validation callback (``lvebm_lightning.metrics.evaluation``) with the model
-  samples drawn from the same random stream, so ``evaluate(model, "val")`` on the run's own validation split
-  gives the val/w2, val/w2_floor and val/nll that training logged at the checkpoint's step. The W2 floor uses
-  the run's training split (rebuilt from the config in the checkpoint) as the reference sample, or, when that
-  cannot be rebuilt, one half of the given data against the other. The ELBO here bounds log p(x) of the given
-  data, with q_b a Gaussian mixture around K fresh posterior particles of each datum (``metrics.elbo``).
+- **Metrics** are those of the validation callback with the model samples drawn from the same random stream, so
+  ``evaluate(model, "val")`` on the run's own validation split gives the val/w2, val/w2_floor and val/nll that
+  training logged at the checkpoint's step (``lvebm_lightning.scoring``). The W2 floor uses the run's training
+  split (rebuilt from the config in the checkpoint) as the reference sample, or, when that cannot be rebuilt,
+  one half of the given data against the other. The ELBO here bounds log p(x) of the given data, with q_b a
+  Gaussian mixture around K fresh posterior particles of each datum (``metrics.elbo``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra.utils
 import numpy as np
 import torch
 from torch import Tensor
 
-from lvebm_lightning.checkpointing import read_checkpoint
-from lvebm_lightning.cli import SPLITS, missing_data
-from lvebm_lightning.data.files import load_array
-from lvebm_lightning.module import LVEBMModule
-from lvebm_lightning.seeding import STREAM_EVAL, make_generator
+from lvebm_lightning.loading import InferenceError, LoadedModel, check_positive, load, load_data
+
+__all__ = ["CHUNK", "InferenceError", "LoadedModel", "evaluate", "infer", "load", "load_data", "sample"]
 
 CHUNK = 65536
 """Chains moved at once (sample and infer move larger requests chunk by chunk, from one generator)."""
-
-class InferenceError(ValueError):
-    """A request that cannot be served (wrong dimension, missing pool, bad count); one line with the fix."""
-
-
-@dataclass
-class LoadedModel:
-    """A checkpoint ready for inference: the module (eval mode), its step, training config and negative pool."""
-
-    module: LVEBMModule
-    path: Path
-    step: int
-    config: dict[str, Any] | None
-    pool: Tensor | None  # [M, dx + dz], standardised units
-    particles: Tensor | None = None  # [N, K, dz] persistent posterior particles of the training data
-    _run_data: Any = None
-
-    def run_data(self) -> Any:
-        """The run's own data module (splits in data units under ``.raw``), rebuilt from the checkpoint's config."""
-        if not self.config or "data" not in self.config:
-            raise InferenceError(
-                f"{self.path} holds no training config, so the run's data cannot be rebuilt; pass data=<file>."
-            )
-        if self._run_data is None:
-            self._run_data = hydra.utils.instantiate(self.config["data"]).prepare()
-        return self._run_data
-
-    @property
-    def dx(self) -> int:
-        return self.module.dx
-
-    @property
-    def dz(self) -> int:
-        return self.module.dz
-
-    def generator(self, seed: int | None, *keys: int) -> torch.Generator:
-        """The evaluation stream of rank 0 at the checkpoint's step (the validation callback's), or of ``seed``."""
-        base = self.module.seed if seed is None else seed
-        return make_generator(self.module.device, base, 0, STREAM_EVAL, self.step, *keys)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InferenceError(f"device={device} was asked for but no CUDA device is available; use device=cpu.")
-    return torch.device(device)
-
-
-def load(ckpt: str | Path | LoadedModel, device: str | torch.device = "cpu") -> LoadedModel:
-    """Read a checkpoint of ``train.py`` (``torch.load(weights_only=True)``) into a ``LoadedModel``."""
-    if isinstance(ckpt, LoadedModel):
-        return ckpt
-    state = read_checkpoint(ckpt, key="ckpt")
-    module = LVEBMModule(**state["hyper_parameters"])
-    module.load_state_dict(state["state_dict"])
-    module.to(resolve_device(device) if isinstance(device, str) else device).eval()
-    pool_state = state.get("callbacks", {}).get("NegativePool") or {}
-    pool = pool_state.get("pool")
-    return LoadedModel(
-        module=module,
-        path=Path(ckpt).expanduser(),
-        step=int(state.get("global_step", 0)),
-        config=state.get("config"),
-        pool=pool.to(module.device) if pool is not None else None,
-        particles=(state.get("lvebm") or {}).get("particles"),
-    )
-
-
-def load_data(model: LoadedModel, data: str | Path | np.ndarray | Tensor, name: str = "data") -> Tensor:
-    """Data ``[B, dx]`` in data units from a file, an array or a split name, checked against the model's dx."""
-    if isinstance(data, str) and data in SPLITS:
-        return model.run_data().raw[data]
-    if isinstance(data, (str, Path)) and not Path(data).expanduser().exists():
-        raise InferenceError(missing_data(str(data)))
-    if isinstance(data, (str, Path)):
-        x = torch.from_numpy(load_array(Path(data).expanduser()))
-        source = str(data)
-    else:
-        x = torch.as_tensor(np.asarray(data) if not isinstance(data, Tensor) else data, dtype=torch.float32)
-        source = f"the {name} array"
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise InferenceError(f"{source} must be 2-D [B, dx] with B >= 1, got shape {tuple(x.shape)}.")
-    if x.shape[1] != model.dx:
-        raise InferenceError(
-            f"{source} has {x.shape[1]} columns but the model was trained on dx={model.dx}; pass data with "
-            f"{model.dx} columns (one datum per row)."
-        )
-    if not bool(torch.isfinite(x).all()):
-        raise InferenceError(f"{source} holds non-finite values; drop or fill those rows.")
-    return x.to(torch.float32)
-
-
-def _check_positive(**values: Any) -> None:
-    for key, value in values.items():
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-            raise InferenceError(f"{key} must be a positive number, got {value!r}.")
 
 
 @torch.no_grad()
@@ -171,7 +70,7 @@ def sample(
         raise InferenceError("n (how many samples) is needed for source=chains; n=null means all only for the pool.")
     if n is not None and not isinstance(n, int):
         raise InferenceError(f"n must be a whole number, got {n!r}.")
-    _check_positive(n=n, step_size=step_size)
+    check_positive(n=n, step_size=step_size)
     if n_steps is not None and (not isinstance(n_steps, int) or n_steps < 0):
         raise InferenceError(f"n_steps must be a whole number >= 0, got {n_steps!r}.")
     model = load(ckpt, device)
@@ -215,7 +114,7 @@ def infer(
         n_steps, step_size: T and h of the conditional chains (default: T_eval and the posterior h_z).
         seed: the chains' random stream (default: the run's evaluation stream at the checkpoint's step).
     """
-    _check_positive(n_particles=n_particles, step_size=step_size)
+    check_positive(n_particles=n_particles, step_size=step_size)
     if not isinstance(n_particles, int):
         raise InferenceError(f"n_particles must be a whole number, got {n_particles!r}.")
     if n_steps is not None and (not isinstance(n_steps, int) or n_steps < 0):
@@ -274,6 +173,6 @@ def evaluate(
         "n_samples": n_samples, "elbo_samples": elbo_samples, "quadrature_points": quadrature_points,
         "box_margin": box_margin, "ais_chains": ais_chains, "ais_temperatures": ais_temperatures,
     }
-    _check_positive(n_particles=n_particles, **given)
+    check_positive(n_particles=n_particles, **given)
     model = load(ckpt, device)
     return score(model, data, load_data(model, data), given, n_particles, seed)
