@@ -100,10 +100,11 @@ def bad_input_examples() -> list[tuple[str, str]]:
 
 EXAMPLES = bad_input_examples()
 FIRST_OF_CLASS = {name: example for name, example in reversed(EXAMPLES)}
-"""The fast subset runs each class's first example; the rest (several seconds each: they import Lightning) are
-marked slow."""
-WALK = [pytest.param(name, ex, id=ex, marks=[] if FIRST_OF_CLASS[name] == ex else [pytest.mark.slow])
-        for name, ex in EXAMPLES]
+COVERED_IN_PROCESS = ("data file", "checkpoint that is missing", "value out of range")
+"""The fast subset runs the first example of each class that ``tests/test_bad_input.py`` does not already cover
+in process; the rest (several seconds each: they import Lightning) are marked slow and run in the full suite."""
+WALK = [pytest.param(name, ex, id=ex, marks=[] if FIRST_OF_CLASS[name] == ex and not name.startswith(
+    COVERED_IN_PROCESS) else [pytest.mark.slow]) for name, ex in EXAMPLES]
 
 
 def test_the_readme_lists_every_class_of_bad_input():
