@@ -1,34 +1,39 @@
 """Train a latent-variable EBM: ``python train.py [hydra overrides]`` (see README.md and conf/train.yaml).
 
-Exit status: 0 done; 1 training diverged (the last good checkpoint is kept); 2 bad input (config, data file or
-checkpoint), reported in one line before anything is written; 143 stopped by SIGTERM after saving last.ckpt.
+Exit status: 0 done (or the checkpoint to resume from had already reached ``trainer.max_steps``: one line says
+so); 1 training diverged (the last good checkpoint is kept); 2 bad input (config, data file or checkpoint),
+reported in one line before anything is written; 143 stopped by SIGTERM after saving last.ckpt.
+
+A plain run (no ``--flags``, no multirun) is composed, checked and prepared (data read, model, callbacks and a
+trial trainer built: ``lvebm_lightning.training.prepare``) before Hydra creates the run directory, and torch and
+Lightning are imported only once the command line is known to be well-formed.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from lvebm_lightning.checkpointing import CheckpointError
 from lvebm_lightning.config import ConfigError, check_overrides
-from lvebm_lightning.data.files import DataFileError
-from lvebm_lightning.divergence import TrainingDiverged
 from lvebm_lightning.errors import exit_with_error
-from lvebm_lightning.training import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+PREPARED: Any = None
+"""What ``prepare`` built before Hydra started (a plain run), handed to ``main``."""
 
 
 def check_multirun(cfg: DictConfig) -> None:
     """Hydra multirun runs its jobs one after another in this process, which Lightning's DDP launcher (it
     re-runs the command line for each rank) cannot follow: refuse the combination before anything starts."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return
     devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
@@ -40,12 +45,36 @@ def check_multirun(cfg: DictConfig) -> None:
         )
 
 
+def prepare_or_exit(cfg: DictConfig) -> Any:
+    """``training.prepare``, with a bad input reported in one line (exit 2) and a finished run in one (exit 0)."""
+    from lvebm_lightning.checkpointing import CheckpointError
+    from lvebm_lightning.data.files import DataFileError
+    from lvebm_lightning.training import RunFinished, prepare
+
+    try:
+        return prepare(cfg)
+    except (ConfigError, CheckpointError, DataFileError) as err:
+        exit_with_error("lvebm", "error", err, 2)
+    except RunFinished as done:
+        print(f"lvebm: {done}")
+        sys.exit(0)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lvebm_lightning.divergence import TrainingDiverged
+    from lvebm_lightning.training import run
+
     try:
         check_multirun(cfg)
-        metrics = train(cfg)
-    except (ConfigError, CheckpointError, DataFileError) as err:
+    except ConfigError as err:
+        exit_with_error("lvebm", "error", err, 2)
+    prepared = PREPARED if PREPARED is not None else prepare_or_exit(cfg)
+    try:
+        metrics = run(cfg, prepared)
+    except ConfigError as err:
         exit_with_error("lvebm", "error", err, 2)
     except TrainingDiverged as err:
         exit_with_error("lvebm", "training diverged", err, 1)
@@ -56,10 +85,14 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    # A plain run (no --flags, no multirun) is composed and checked before Hydra creates its run directory.
+    os.environ.setdefault("WANDB_SILENT", "true")  # the closing block names the W&B run and how to upload it
     if not any(arg.startswith("-") for arg in sys.argv[1:]):
         try:
-            check_overrides(CONFIG_DIR, "train", sys.argv[1:])
+            composed = check_overrides(CONFIG_DIR, "train", sys.argv[1:])
         except ConfigError as err:
             exit_with_error("lvebm", "error", err, 2)
+        # Hydra resolves ${now:...} again when it starts: pin the run directory that was checked and prepared.
+        if not any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:]):
+            sys.argv.append(f"hydra.run.dir={composed.paths.output_dir}")
+        PREPARED = prepare_or_exit(composed)
     main()

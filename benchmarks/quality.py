@@ -82,7 +82,7 @@ class PhaseTimer(pl.Callback):
 
 def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
     """``conf/train.yaml`` with ``overrides`` and the phase timer, its run directory set to ``output_dir``."""
-    from lvebm_lightning.training import compose_config as compose_train
+    from lvebm_lightning.config import compose_config as compose_train
 
     cfg = compose_train(output_dir, overrides)
     with open_dict(cfg):

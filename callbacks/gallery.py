@@ -1,8 +1,11 @@
 """Sample galleries: model samples over data, the learned landscape of x, posterior clouds z | x.
 
-Drawn on rank 0 after each validation from the samples the metrics callback gathered from every rank
-(``EvaluationMetrics.latest``), saved as PNG under ``<run dir>/galleries/`` and logged to W&B as images.
-Everything is shown in the data's own units (the first two coordinates of x when dx > 2).
+Drawn on rank 0 after each validation, and after the final test unless a validation at the same step drew them
+already, from the samples the metrics callback gathered from every rank (``EvaluationMetrics.latest``), so that
+even a run shorter than the validation interval has its galleries; saved as PNG under ``<run dir>/galleries/``
+(``<figure>_step<N>.png``, and ``test_<figure>_step<N>.png`` for the test) and logged to W&B as images
+(``gallery/<figure>``, ``gallery/test_<figure>``). Everything is shown in the data's own units, on axes x_1, x_2
+(the first two coordinates of x when dx > 2); every title names the step.
 """
 
 from __future__ import annotations
@@ -36,29 +39,45 @@ class Gallery(pl.Callback):
         self, n_samples: int = 2000, n_posterior: int = 4, n_posterior_particles: int = 256, grid_points: int = 80
     ) -> None:
         self.n_samples, self.n_posterior = n_samples, n_posterior
+        for key, value in {"n_samples": n_samples, "n_posterior": n_posterior,
+                           "n_posterior_particles": n_posterior_particles, "grid_points": grid_points}.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+        self.n_samples, self.n_posterior = n_samples, n_posterior
         self.n_posterior_particles, self.grid_points = n_posterior_particles, grid_points
         self.saved: list[Path] = []
+        self._drawn_step: int | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._from_metrics(trainer, pl_module, "")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._drawn_step != trainer.global_step:
+            self._from_metrics(trainer, pl_module, "test_")
+
+    def _from_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prefix: str) -> None:
         metrics = next((c for c in trainer.callbacks if hasattr(c, "latest") and c.latest), None)
         if metrics is None:
             return
-        self._draw(trainer, pl_module, metrics.latest)
+        self._draw(trainer, pl_module, metrics.latest, prefix)
+        self._drawn_step = trainer.global_step
 
     @rank_zero_only
-    def _draw(self, trainer: pl.Trainer, pl_module: Any, latest: dict[str, torch.Tensor]) -> None:
+    def _draw(self, trainer: pl.Trainer, pl_module: Any, latest: dict[str, torch.Tensor], prefix: str) -> None:
         out_dir = Path(trainer.default_root_dir) / "galleries"
         out_dir.mkdir(parents=True, exist_ok=True)
         step = trainer.global_step
+        when = f"{'test, ' if prefix else ''}step {step}"
         figures = {
-            "samples": self._samples(latest),
-            "landscape": self._landscape(pl_module, latest),
-            "posterior": self._posterior(trainer, pl_module),
+            "samples": self._samples(latest, when),
+            "landscape": self._landscape(pl_module, latest, when),
+            "posterior": self._posterior(trainer, pl_module, when),
         }
         paths = []
         for name, fig in figures.items():
             if fig is None:
                 continue
+            name = prefix + name
             path = out_dir / f"{name}_step{step:07d}.png"
             fig.savefig(path, dpi=90, bbox_inches="tight")
             plt.close(fig)
@@ -69,7 +88,7 @@ class Gallery(pl.Callback):
                 for name, path in paths:
                     logger.log_image(key=f"gallery/{name}", images=[str(path)], step=step)
 
-    def _samples(self, latest: dict[str, torch.Tensor]) -> Any:
+    def _samples(self, latest: dict[str, torch.Tensor], when: str) -> Any:
         data = latest["data"][: self.n_samples]
         panels = [("fresh long chains", latest["model"])]
         if "pool" in latest:
@@ -80,15 +99,19 @@ class Gallery(pl.Callback):
             if data.shape[1] == 1:
                 ax.hist(data[:, 0].numpy(), bins=60, density=True, alpha=0.5, label="data")
                 ax.hist(cloud[:, 0].numpy(), bins=60, density=True, alpha=0.5, label="model")
+                ax.set_xlabel("$x_1$")
+                ax.set_ylabel("density")
             else:
                 ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=2, alpha=0.4, label="data")
                 ax.scatter(cloud[:, 0].numpy(), cloud[:, 1].numpy(), s=2, alpha=0.4, label="model")
-            ax.set_title(title)
+                ax.set_xlabel("$x_1$")
+                ax.set_ylabel("$x_2$")
+            ax.set_title(f"{title} ({when})")
             ax.legend(loc="upper right", markerscale=4)
         return fig
 
     @torch.no_grad()
-    def _landscape(self, pl_module: Any, latest: dict[str, torch.Tensor]) -> Any:
+    def _landscape(self, pl_module: Any, latest: dict[str, torch.Tensor], when: str) -> Any:
         """-log p(x) up to a constant on a grid over the first two coordinates (others at the data mean)."""
         if pl_module.dx < 2:
             return None
@@ -108,37 +131,40 @@ class Gallery(pl.Callback):
             span = z.max(0).values - z.min(0).values
             z_lo, z_hi = (z.min(0).values - 0.3 * span).to(x_std), (z.max(0).values + 0.3 * span).to(x_std)
             free = -log_marginal(pl_module.energy, x_std, pl_module.dz, z_lo, z_hi, 48).float()
-            title = "free energy -log int exp(-E(x, z)) dz"
+            title, label = "free energy", r"$-\log \int e^{-E(x, z)}\,dz$ - min (nats)"
         else:
             z0 = torch.zeros(g * g, pl_module.dz, device=pl_module.device)
             free = pl_module.energy(x_std, z0).float()
-            title = "energy E(x, z = 0)"
+            title, label = "energy at z = 0", "$E(x, 0)$ - min (nats)"
         free = (free - free.min()).cpu().view(g, g)
         fig, ax = plt.subplots(figsize=(5, 4.2))
         free = free.clamp(max=float(free.quantile(0.95)))
         mesh = ax.pcolormesh(uu.numpy(), vv.numpy(), free.numpy(), shading="auto", cmap="viridis")
-        fig.colorbar(mesh, ax=ax)
+        fig.colorbar(mesh, ax=ax, label=label)
         ax.scatter(data[:500, 0].numpy(), data[:500, 1].numpy(), s=1, c="w", alpha=0.4)
-        ax.set_title(title)
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        ax.set_title(f"{title} ({when})")
         return fig
 
-    def _posterior(self, trainer: pl.Trainer, pl_module: Any) -> Any:
+    def _posterior(self, trainer: pl.Trainer, pl_module: Any, when: str) -> Any:
         """Posterior particles z | x of a few validation points, from fresh conditional chains."""
         if pl_module.dz == 0:
             return None
         x_std = trainer.datamodule.splits["val"][: self.n_posterior].to(pl_module.device)
         generator = pl_module.draw_generator(trainer.global_step, 5)
         z = pl_module.infer_standardised(x_std, self.n_posterior_particles, generator=generator).cpu()
-        fig, axes = plt.subplots(1, len(x_std), figsize=(3.2 * len(x_std), 3), squeeze=False)
+        fig, axes = plt.subplots(1, len(x_std), figsize=(3.2 * len(x_std), 3.4), squeeze=False, layout="constrained")
         x = pl_module.to_data_units(x_std).cpu()
         for ax, zi, xi in zip(axes[0], z, x):
             if pl_module.dz == 1:
                 ax.hist(zi[:, 0].numpy(), bins=40, density=True)
-                ax.set_xlabel("z")
+                ax.set_xlabel("$z$")
+                ax.set_ylabel("density")
             else:
                 ax.scatter(zi[:, 0].numpy(), zi[:, 1].numpy(), s=3, alpha=0.5)
-                ax.set_xlabel("z1")
-                ax.set_ylabel("z2")
+                ax.set_xlabel("$z_1$")
+                ax.set_ylabel("$z_2$")
             ax.set_title("x = (" + ", ".join(f"{float(v):.2f}" for v in xi[:3]) + ")", fontsize=8)
-        fig.suptitle("posterior particles z | x")
+        fig.suptitle(f"posterior particles z | x ({when})")
         return fig

@@ -5,13 +5,16 @@ renames it over the target (``os.replace`` is atomic on POSIX), so a kill at any
 or the new ``last.ckpt``, never half of one. ``CheckpointGuard`` (a callback that ``train`` always adds) saves
 ``last.ckpt`` when the process is asked to stop (SIGTERM, what SLURM and most schedulers send), records the
 W&B run id and the resolved config, and refuses to write a checkpoint whose parameters or particles are not
-finite. ``read_checkpoint`` and ``check_compatible`` check a checkpoint before a run starts: it exists, it is a
-Lightning checkpoint that ``torch.load(weights_only=True)`` reads, and it fits the run.
+finite, and records which data the run trains on (``data_identity``: the dataset's name, the training split's
+size and a SHA-256 fingerprint of its values). ``read_checkpoint`` and ``check_compatible`` check a checkpoint
+before a run starts: it exists, it is a Lightning checkpoint that ``torch.load(weights_only=True)`` reads, and it
+fits the run (the same data, architecture, K and pool size).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import signal
@@ -67,6 +70,15 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, non-finite or does not fit the run."""
 
 
+def data_identity(datamodule: Any) -> dict[str, Any]:
+    """Which data a run trains on: ``{"name", "n_train", "fingerprint"}``, the fingerprint the SHA-256 (first
+    16 hex digits) of the training split's float32 values in data units, [N, dx] row-major."""
+    train = datamodule.raw["train"].detach().cpu().to(torch.float32).contiguous()
+    name = str(datamodule.name) if datamodule.name != "file" else f"file {datamodule.path}"
+    digest = hashlib.sha256(train.numpy().tobytes()).hexdigest()[:16]
+    return {"name": name, "n_train": int(train.shape[0]), "fingerprint": digest}
+
+
 def _agree(flag: bool, device: torch.device, every_rank: bool) -> bool:
     """Whether ``flag`` holds on every rank (``every_rank``) or on any rank: a collective under DDP."""
     value = torch.tensor(float(flag), device=device)
@@ -93,6 +105,7 @@ class CheckpointGuard(pl.Callback):
     def __init__(self) -> None:
         self.sigterm_checkpoint: Path | None = None
         self._sigterm = False
+        self._data: dict[str, Any] | None = None
 
     @staticmethod
     def last_checkpoint_path(trainer: pl.Trainer) -> Path:
@@ -103,6 +116,10 @@ class CheckpointGuard(pl.Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        if getattr(trainer, "datamodule", None) is not None and hasattr(trainer.datamodule, "raw"):
+            if self._data is None:
+                self._data = data_identity(trainer.datamodule)
+            checkpoint["data"] = dict(self._data)
         bad = [name for name, value in checkpoint["state_dict"].items() if value.is_floating_point()
                and not bool(torch.isfinite(value).all())]
         store = getattr(getattr(pl_module, "posterior", None), "store", None)
@@ -169,7 +186,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
 
 def check_compatible(
     ckpt: dict[str, Any], path: str | Path, model: torch.nn.Module | None = None, pool_size: int | None = None,
-    **expected: Any,
+    data: dict[str, Any] | None = None, **expected: Any,
 ) -> None:
     """Raise a one-line ``CheckpointError`` naming every difference between the checkpoint and the run.
 
@@ -178,10 +195,24 @@ def check_compatible(
         path: where it came from (for the message).
         model: the run's freshly built module: its parameter and buffer shapes must match the checkpoint's.
         pool_size: the run's negative pool size M: it must match the saved pool.
+        data: the run's ``data_identity``: name, size and fingerprint must match the checkpoint's (a checkpoint
+            written before they were recorded is compared by the dataset name of its config).
         expected: hyper-parameters that must be equal, e.g. ``dx=2, dz=1, n_data=20000``.
     """
     saved = ckpt["hyper_parameters"]
     diffs = [f"{k}: checkpoint {saved.get(k)!r} vs run {v!r}" for k, v in expected.items() if saved.get(k) != v]
+    if data is not None:
+        saved_data = ckpt.get("data")
+        if saved_data is None:  # older checkpoints: only the config tells the dataset
+            name = ((ckpt.get("config") or {}).get("data") or {}).get("name")
+            saved_data = {"name": name} if name and name != "file" else {}
+        if saved_data.get("name", data["name"]) != data["name"]:
+            diffs.append(f"data: checkpoint {saved_data['name']!r} vs run {data['name']!r}")
+        if saved_data.get("n_train") == data["n_train"] and saved_data.get("fingerprint") != data["fingerprint"]:
+            diffs.append(
+                f"training data fingerprint: checkpoint {saved_data['fingerprint']} vs run {data['fingerprint']} "
+                "(same size, other values: another seed, file or dataset parameters)"
+            )
     if model is not None:
         run_state, saved_state = model.state_dict(), ckpt["state_dict"]
         for key in sorted(set(run_state) | set(saved_state)):

@@ -1,9 +1,11 @@
 """Checks of a composed config, run before any data is read or anything is written.
 
 ``check_overrides`` composes the config from the command line as Hydra will, before Hydra creates a run
-directory, and turns a wrong key or config-group option into one line. ``validate`` catches values that are
-well-formed but wrong (an unknown dataset, a zero step size, K < 1, a pool smaller than the negative batch) and
-says which key to change.
+directory, and turns a wrong key or config-group option into one line; ``lvebm_lightning.schema`` checks every
+key and the type of every value against the config files and the signatures of the ``_target_`` classes.
+``validate`` catches values that are well-typed but wrong (an unknown dataset, a zero step size, K < 1, a pool
+smaller than the negative batch) and says which key to change. The constructors' own errors, and Lightning's
+``MisconfigurationException``, are turned into the same one line by ``training.prepare``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from lvebm_lightning.data.systems import DATASETS
 from lvebm_lightning.errors import is_positive_number, one_line
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 class ConfigError(ValueError):
@@ -74,18 +80,39 @@ def expected_world_size(cfg: DictConfig) -> int | None:
     return count * int(cfg.trainer.get("num_nodes", 1) or 1)
 
 
-def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
-    """Compose ``config_name`` with command-line ``overrides`` as Hydra will and ``validate`` it; raise a
-    one-line ``ConfigError`` on an unknown key (``model.lrr=1``), an unknown option of a group (``data=foo``),
-    bad override syntax or a value training cannot use.
+def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``config_name`` with command-line ``overrides`` as Hydra will, check its keys and types
+    (``schema``) and ``validate`` it; raise a one-line ``ConfigError`` on an unknown key (``model.lrr=1``,
+    ``+model.x=1``), an unknown option of a group (``data=foo``), bad override syntax, a value of the wrong type
+    (``seed=abc``) or a value training cannot use.
 
     Meant to run before ``@hydra.main``, which would otherwise create a run directory first and print a
-    multi-line report. Leaves Hydra's global state cleared.
+    multi-line report. Returns the config without its ``hydra`` node, ``paths.output_dir`` set to the run
+    directory Hydra will create. Leaves Hydra's global state cleared.
     """
+    from lvebm_lightning import schema
+
+    config_dir = Path(config_dir).resolve()
+    groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
+    cfg = _compose(config_dir, config_name, overrides)
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    chosen = [o.input_line for o in parsed if o.key_or_group in groups or o.is_delete()]
+    base = _compose(config_dir, config_name, [line for line in chosen if line is not None])
+    schema.check_values(base, cfg, parsed, groups)
+    schema.check_targets(cfg)
+    validate(cfg)
+    return cfg
+
+
+def _compose(config_dir: Path, config_name: str, overrides: Sequence[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.paths.output_dir = cfg.hydra.run.dir
+            del cfg.hydra
+        return cfg
     except MissingConfigException as err:
         missing = err.missing_cfg_file or ""
         group, _, option = missing.rpartition("/")
@@ -109,7 +136,20 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequenc
         raise ConfigError(one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)) from None
     finally:
         GlobalHydra.instance().clear()
-    validate(cfg)
+
+
+def compose_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, composed as ``train.py`` composes it, its run directory set to
+    ``output_dir``: ``train(compose_config(...))`` without the command line (tests, benchmarks, notebooks)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} values resolve as under @hydra.main
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
 
 
 def _number(cfg: DictConfig, key: str) -> float:
@@ -121,6 +161,14 @@ def _number(cfg: DictConfig, key: str) -> float:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first value in ``cfg`` that training cannot use."""
+    from lvebm_lightning.data.systems import DATASETS
+
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be a whole number, got {seed!r}; set seed=<integer>.")
+    wandb = (cfg.get("logger") or {}).get("wandb")
+    if wandb is not None and wandb.get("mode", "auto") not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {wandb.mode!r}.")
     name = cfg.data.name
     if name == "file":
         if not cfg.data.get("path"):

@@ -99,6 +99,8 @@ class LVEBMWandbLogger(WandbLogger):
             if isinstance(kwargs.get(key), ListConfig):
                 kwargs[key] = OmegaConf.to_container(kwargs[key])
         super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:  # W&B warns about the setting whenever it is passed
+            self._wandb_init.pop("anonymous", None)
         self.resumed_steps = dict(logged_steps or {})
         self.logged_steps: dict[str, int] = dict(self.resumed_steps)
         self._complete = logged_steps_complete
@@ -191,7 +193,10 @@ def run_summary(trainer: pl.Trainer, metrics: Mapping[str, float], run_dir: str 
         if not isinstance(callback, ModelCheckpoint):
             continue
         if callback.monitor == "val/w2" and callback.best_model_path:
-            summary["best/val_w2"] = float(callback.best_model_score)
+            # Resumed into a new directory, Lightning keeps the old best path but not its score; with no better
+            # validation since, the score is unknown and only the path is reported.
+            if callback.best_model_score is not None:
+                summary["best/val_w2"] = float(callback.best_model_score)
             summary["best/checkpoint"] = str(Path(callback.best_model_path).resolve())
         if callback.last_model_path:
             summary["last/checkpoint"] = str(Path(callback.last_model_path).resolve())
@@ -214,6 +219,8 @@ def report(summary: Mapping[str, Any], trainer: pl.Trainer) -> str:
         lines.append(f"  {summary['final/split']:<11} " + ", ".join(values))
     if "best/val_w2" in summary:
         lines.append(f"  best        val/w2 {summary['best/val_w2']:.4g}: {summary['best/checkpoint']}")
+    elif "best/checkpoint" in summary:
+        lines.append(f"  best        {summary['best/checkpoint']}  (before the resume; no better val/w2 since)")
     if "last/checkpoint" in summary:
         lines.append(f"  last        {summary['last/checkpoint']}  (resume: ckpt_path=<this>)")
     if (run_dir / "metrics.csv").is_file():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lvebm_lightning import training
+from lvebm_lightning.config import compose_config as compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -22,7 +22,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def compose_config(output_dir: Path, overrides: list[str] | None = None) -> DictConfig:
     """``conf/train.yaml`` with ``debug=fast`` and ``overrides``, its run directory set to ``output_dir``."""
-    return training.compose_config(output_dir, ["debug=fast", "trainer.accelerator=cpu", *(overrides or [])])
+    return compose_train(output_dir, ["debug=fast", "trainer.accelerator=cpu", *(overrides or [])])
 
 
 @pytest.fixture

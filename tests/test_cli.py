@@ -205,7 +205,7 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
         (sample_main, ["n=5"], "missing ckpt=<checkpoint>"),
         (infer_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/p.npz"],
          "three.npy has 3 columns but the model was trained on dx=2"),
-        (infer_main, ["ckpt={ckpt}", "data={tmp}/missing.npy", "out={tmp}/p.npz"], "missing.npy: no such data file"),
+        (infer_main, ["ckpt={ckpt}", "data={tmp}/missing.npy", "out={tmp}/p.npz"], "missing.npy is neither a split"),
         (eval_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/e.json"], "has 3 columns"),
         (eval_main, ["ckpt={tmp}", "data=val", "out={tmp}/e.json"], "is a folder; pass the .ckpt file"),
     ],
