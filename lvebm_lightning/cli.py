@@ -32,6 +32,7 @@ from lvebm_lightning.arguments import (
     parse,
     usage,
 )
+from lvebm_lightning.errors import exit_with_error
 
 
 def _checkpoint(path: str) -> Path:
@@ -153,8 +154,7 @@ def _run(command: str, schema: type, summary: str, work: Callable[[Any], None], 
                 raise UsageError(str(err)) from None
             raise
     except UsageError as err:
-        print(f"{command}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(command, "error", err)
 
 
 def sample_main(argv: Sequence[str] | None = None) -> None:

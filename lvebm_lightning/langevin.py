@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,6 +79,11 @@ class LangevinConfig:
             raise ValueError(f"Langevin grad_clip must be > 0 or null, got {self.grad_clip}.")
         if self.final_step_size is not None and not self.final_step_size > 0:
             raise ValueError(f"Langevin final_step_size must be > 0 or null, got {self.final_step_size}.")
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> LangevinConfig:
+        """The kernel of a ``sampler.posterior`` / ``sampler.negative`` entry (its other keys are ignored)."""
+        return cls(**{f.name: entry[f.name] for f in fields(cls) if f.name in entry})
 
     def step_sizes(self) -> list[float]:
         """The step size of every step: constant, or geometric from ``step_size`` to ``final_step_size``."""

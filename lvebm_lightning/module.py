@@ -31,12 +31,6 @@ from lvebm_lightning.seeding import STREAM_LATENT, gather_generator_states, make
 from lvebm_lightning.step_logging import log_step, total_norm
 
 
-def langevin_config(cfg: dict[str, Any]) -> LangevinConfig:
-    """The kernel settings of a ``sampler.posterior`` / ``sampler.negative`` entry."""
-    keys = ("step_size", "n_steps", "grad_clip", "metropolis", "final_step_size", "kernel", "compile", "autocast")
-    return LangevinConfig(**{k: cfg[k] for k in keys if k in cfg})
-
-
 class LVEBMModule(SamplingAPI, pl.LightningModule):
     """A latent-variable EBM p(x, z) = exp(-E(x, z)) / Z trained by particle dynamics.
 
@@ -85,10 +79,11 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
             posterior.pop("kind", "persistent"),
             n_particles=posterior.pop("n_particles", 1),
             init_scale=posterior.pop("init_scale", 1.0),
-            langevin=langevin_config(posterior),
+            store_device=posterior.pop("store_device", None),
+            langevin=LangevinConfig.from_entry(posterior),
             dx=dx, dz=dz, encoder=posterior.pop("encoder", None),
         )
-        self.negative_config = langevin_config(negative)
+        self.negative_config = LangevinConfig.from_entry(negative)
         self.negative_batch_size = int(negative["batch_size"])
         self.alpha, self.gradient_clip = float(alpha), gradient_clip
         self.guard = DivergenceGuard(**(divergence or {}))
@@ -111,8 +106,6 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         rank, world = self.trainer.global_rank, self.trainer.world_size
         self.generator = make_generator(self.device, self.seed, rank, STREAM_LATENT)
         self.posterior.setup(self.n_data, self.dz, rank, world, self.device, self.generator)
-        if self.posterior.store is not None and self.hparams.posterior.get("store_device") == "cpu":
-            self.posterior.store.keep_on_host()
         if self.negative_pool is None:
             raise RuntimeError(
                 "LVEBMModule needs the NegativePool callback; add callbacks.negative_pool to the config "

@@ -47,12 +47,18 @@ def build_posterior(
 ) -> Posterior:
     """The posterior strategy named ``kind`` (one of ``POSTERIORS``).
 
-    ``kwargs`` (n_particles, langevin, init_scale) go to every strategy; a trainable one (the amortised encoder)
-    also gets dx, dz and its ``encoder`` settings (width, depth, activation, lr), which the others ignore.
+    ``kwargs`` (n_particles, langevin, init_scale) go to every strategy, ``store_device`` to the persistent one;
+    a trainable one (the amortised encoder) also gets dx, dz and its ``encoder`` settings (width, depth,
+    activation, lr), which the others ignore.
     """
     if kind not in POSTERIORS:
         raise ValueError(f"Unknown posterior kind '{kind}'; choose one of {sorted(POSTERIORS)}.")
     cls = POSTERIORS[kind]
+    store_device = kwargs.pop("store_device", None)
+    if store_device is not None:
+        if cls is not PersistentPosterior:
+            raise ValueError(f"sampler.posterior.store_device applies to the persistent posterior, not '{kind}'.")
+        kwargs["store_device"] = store_device
     if cls.trainable:
         kwargs.update(dx=dx, dz=dz, **(encoder or {}))
     return cls(**kwargs)

@@ -38,14 +38,21 @@ class PersistentPosterior:
         n_particles: K.
         langevin: the conditional kernel's settings (h_z, T_z, extras).
         init_scale: particles start from N(0, init_scale^2 I).
+        store_device: None (the store lives on the training device) or ``cpu`` (pinned host memory, batches moved
+            to the device without blocking: for N K dz beyond the device's memory).
     """
 
     trainable = False
 
-    def __init__(self, n_particles: int, langevin: LangevinConfig, init_scale: float = 1.0) -> None:
+    def __init__(
+        self, n_particles: int, langevin: LangevinConfig, init_scale: float = 1.0, store_device: str | None = None
+    ) -> None:
         if n_particles < 1:
             raise ValueError(f"n_particles (K) must be >= 1, got {n_particles}; use at least one particle.")
+        if store_device not in (None, "cpu"):
+            raise ValueError(f"sampler.posterior.store_device must be null or cpu, got {store_device!r}.")
         self.n_particles, self.config, self.init_scale = n_particles, langevin, init_scale
+        self.store_device = store_device
         self.store: ParticleStore | None = None
 
     def setup(
@@ -54,6 +61,8 @@ class PersistentPosterior:
         """Create this rank's shard of the store and draw its particles from the init distribution."""
         self.store = ParticleStore(n_data, self.n_particles, dz, rank, world_size).to(device)
         self.store.init_(generator, self.init_scale)
+        if self.store_device == "cpu":
+            self.store.keep_on_host()
 
     def particles(self, energy: Energy, x: Tensor, index: Tensor, generator: torch.Generator | None) -> Tensor:
         """Run T_z conditional steps on the stored particles of ``index`` and write them back."""
