@@ -69,3 +69,17 @@ def test_pendulum_samples_and_latents() -> None:
     amplitude = np.arccos(1 - latents[:, 0])
     assert (np.abs(x).max(1) <= amplitude + 5 * system.noise).all()
     assert system.observables(torch.from_numpy(x))["mean_energy"] > 0
+
+
+def test_data_options_and_hidden_truth_reach_the_data_module() -> None:
+    from lvebm_lightning.data.datamodule import LVEBMDataModule
+
+    dm = LVEBMDataModule(name="pendulum", n_train=40, n_val=10, n_test=10, seed=4).prepare()
+    x, latents = Pendulum().sample_with_latents(60, seed=4)
+    assert torch.equal(dm.raw["test"], torch.from_numpy(x[50:]))
+    assert torch.equal(dm.latents["val"], torch.from_numpy(latents[40:50]))
+    assert LVEBMDataModule(name="double_well", n_train=5, n_val=2, n_test=2).prepare().latents == {}
+    small = LVEBMDataModule(name="phi4", n_train=4, n_val=2, n_test=2, options={"side": 4}).prepare()
+    assert small.dim == 16
+    with pytest.raises(ValueError, match="dataset 'phi4' has no parameter 'sides'"):
+        get_dataset("phi4", sides=4)
