@@ -49,6 +49,8 @@ class LVEBMDataModule(pl.LightningDataModule):
         eval_batch_size: data per validation / test batch.
         seed: seed of the generator and of the split.
         standardise: train on (x - mean) / std of the training split.
+        options: parameters of the generated dataset that differ from its documented defaults (``data/systems.py``),
+            for example ``{kappa: 0.2}`` for the disordered phi^4 phase.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class LVEBMDataModule(pl.LightningDataModule):
         eval_batch_size: int = 4096,
         seed: int = 0,
         standardise: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -73,8 +76,10 @@ class LVEBMDataModule(pl.LightningDataModule):
         self.fractions = (val_fraction, test_fraction)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.standardise = seed, standardise
+        self.options = dict(options or {})
         self.system: Any = None
         self.splits: dict[str, Tensor] = {}
+        self.latents: dict[str, Tensor] = {}  # the hidden truth per split, for evaluation only (never trained on)
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
 
@@ -86,14 +91,17 @@ class LVEBMDataModule(pl.LightningDataModule):
         if self.name == "file":
             raw = self._load_file()
         else:
-            self.system = get_dataset(self.name)
+            self.system = get_dataset(self.name, **self.options)
             raw = None
         if raw is None:
             n_train, n_val, n_test = self.sizes
             if min(self.sizes) < 1:
                 raise ValueError(f"data.n_train, n_val and n_test must be >= 1, got {self.sizes}.")
-            x = self.system.sample(n_train + n_val + n_test, seed=self.seed)
+            x, latents = self.system.sample_with_latents(n_train + n_val + n_test, seed=self.seed)
             parts = np.split(x, [n_train, n_train + n_val])
+            if latents is not None:
+                cuts = np.split(latents, [n_train, n_train + n_val])
+                self.latents = {k: torch.from_numpy(v) for k, v in zip(("train", "val", "test"), cuts)}
         else:
             parts = self._split_file(raw)
         self.raw = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in zip(("train", "val", "test"), parts)}
