@@ -76,6 +76,22 @@ class InferArgs:
 
 
 @dataclasses.dataclass
+class ReconstructArgs:
+    ckpt: str = arg(MISSING, "checkpoint: a .ckpt written by train.py")
+    data: str = arg(MISSING, "partial points: .npy, .npz or .csv [B, dx] in data units, NaN where unobserved")
+    n_samples: int = arg(100, "S, samples of the missing coordinates per datum", POSITIVE)
+    out: str | None = arg(
+        None, "output: .npz (samples [B, S, dx], mean [B, dx], z [B, S, dz], missing) (null: <run dir>/recon.npz)"
+    )
+    n_steps: int | None = arg(
+        None, "Langevin steps of the conditional chains (null: the run's sampler.long_chains.n_steps)", NON_NEGATIVE
+    )
+    step_size: float | None = arg(None, "Langevin step size (null: the run's sampler.long_chains step size)", POSITIVE)
+    seed: int | None = arg(None, f"seed of the chains ({RUN_STREAM})")
+    device: str = arg("auto", "cpu, cuda, cuda:1, or auto (cuda when available)")
+
+
+@dataclasses.dataclass
 class EvalArgs:
     ckpt: str = arg(MISSING, "checkpoint: a .ckpt written by train.py")
     data: str = arg(MISSING, "test set: .npy, .npz or .csv [N, dx] in data units, or val / test")

@@ -3,8 +3,10 @@
     lvebm-sample ckpt=<run>/checkpoints/last.ckpt n=10000            # -> <run>/samples.npy
     lvebm-infer  ckpt=<run>/checkpoints/last.ckpt data=points.npy    # -> <run>/posterior.npz
     lvebm-eval   ckpt=<run>/checkpoints/last.ckpt data=test seed=3   # -> <run>/eval.json
+    lvebm-reconstruct ckpt=<run>/checkpoints/last.ckpt data=partial.npy   # -> <run>/recon.npz (NaN: missing)
 
-(or ``python -m lvebm_lightning.cli sample|infer|eval key=value ...``); ``help`` lists a command's arguments.
+(or ``python -m lvebm_lightning.cli sample|infer|eval|reconstruct key=value ...``); ``help`` lists a command's
+arguments.
 
 Each command's arguments are a typed dataclass, parsed by OmegaConf (``from_dotlist`` merged into the structured
 config), so every command gives the same one-line ``lvebm-<command>: error: ...`` and exit status 2 for an
@@ -26,6 +28,7 @@ from lvebm_lightning.arguments import (
     SPLITS,
     EvalArgs,
     InferArgs,
+    ReconstructArgs,
     SampleArgs,
     UsageError,
     missing_data,
@@ -112,6 +115,24 @@ def _infer(a: InferArgs) -> None:
     print(f"wrote posterior particles z {list(z.shape)} (data, particle, latent) for {a.data} to {out}")
 
 
+def _reconstruct(a: ReconstructArgs) -> None:
+    ckpt = _checkpoint(a.ckpt)
+    if not Path(a.data).expanduser().is_file():
+        raise UsageError(f"data={a.data} is not a file; pass a .npy / .npz / .csv of points [B, dx] with NaN "
+                         "where a coordinate is unobserved.")
+    out = _output(a.out, ckpt, "recon.npz", (".npz",), "reconstructions")
+    import numpy as np
+
+    from lvebm_lightning.reconstruct import reconstruct
+
+    result = reconstruct(ckpt, a.data, a.n_samples, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed,
+                         device=a.device)
+    np.savez(out, **result)
+    b, s, dx = result["samples"].shape
+    print(f"wrote {s} reconstructions of each of {b} data ({int(result['missing'].sum())} missing of {b * dx} "
+          f"coordinates; samples, mean, z, missing) to {out}")
+
+
 def _eval(a: EvalArgs) -> None:
     ckpt = _checkpoint(a.ckpt)
     _data(a.data)
@@ -149,8 +170,9 @@ def _run(command: str, schema: type, summary: str, work: Callable[[Any], None], 
             from lvebm_lightning.checkpointing import CheckpointError
             from lvebm_lightning.data.files import DataFileError
             from lvebm_lightning.inference import InferenceError
+            from lvebm_lightning.reconstruct import ReconstructionError
 
-            if isinstance(err, (CheckpointError, DataFileError, InferenceError)):
+            if isinstance(err, (CheckpointError, DataFileError, InferenceError, ReconstructionError)):
                 raise UsageError(str(err)) from None
             raise
     except UsageError as err:
@@ -172,11 +194,17 @@ def eval_main(argv: Sequence[str] | None = None) -> None:
     _run("lvebm-eval", EvalArgs, "W2 (with its floor), exact NLL and ELBO of a checkpoint on a test set.", _eval, argv)
 
 
-COMMANDS = {"sample": sample_main, "infer": infer_main, "eval": eval_main}
+def reconstruct_main(argv: Sequence[str] | None = None) -> None:
+    """``lvebm-reconstruct``: the missing (NaN) coordinates of partial data, sampled given the observed ones."""
+    _run("lvebm-reconstruct", ReconstructArgs, "Conditional samples of the NaN coordinates of partial data (and z).",
+         _reconstruct, argv)
+
+
+COMMANDS = {"sample": sample_main, "infer": infer_main, "eval": eval_main, "reconstruct": reconstruct_main}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lvebm_lightning.cli sample|infer|eval key=value ...``."""
+    """``python -m lvebm_lightning.cli sample|infer|eval|reconstruct key=value ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m lvebm_lightning.cli {{{','.join(COMMANDS)}}} key=value ...", file=sys.stderr)

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lvebm_lightning.energy import _ACTIVATIONS
+from lvebm_lightning.energy import ACTIVATIONS
 
 
 def _mlp(n_in: int, width: int, depth: int, n_out: int, activation: str) -> nn.Sequential:
@@ -25,7 +25,7 @@ def _mlp(n_in: int, width: int, depth: int, n_out: int, activation: str) -> nn.S
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(_ACTIVATIONS[activation]())
+            layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -58,8 +58,8 @@ class DecoderEnergy(nn.Module):
             raise ValueError(f"DecoderEnergy needs dx >= 1 and dz >= 1 (model.dz), got dx={dx}, dz={dz}.")
         if width < 1 or depth < 1:
             raise ValueError(f"DecoderEnergy needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(_ACTIVATIONS)}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
         if not sigma > 0:
             raise ValueError(f"DecoderEnergy needs sigma > 0, got {sigma}.")
         if gamma < 0:

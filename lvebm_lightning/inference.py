@@ -1,14 +1,15 @@
 """Use a trained checkpoint: model samples, posterior particles for new data, and metrics on a test set.
 
-For notebooks (the console commands ``lvebm-sample``, ``lvebm-infer`` and ``lvebm-eval`` of
-``lvebm_lightning.cli`` call the same functions)::
+For notebooks (the console commands ``lvebm-sample``, ``lvebm-infer``, ``lvebm-eval`` and ``lvebm-reconstruct``
+of ``lvebm_lightning.cli`` call the same functions)::
 
-    from lvebm_lightning.inference import load, sample, infer, evaluate
+    from lvebm_lightning.inference import load, sample, infer, evaluate, reconstruct
     model = load("outputs/<run>/checkpoints/last.ckpt")
     x = sample(model, 10_000)                        # [n, dx]: the model's own p(x), fresh long chains
     x, z = sample(model, 10_000, pairs=True)         # and their latents [n, dz]
     z = infer(model, x_new, n_particles=64)          # [B, K, dz]: posterior particles z ~ p(z | x_b)
     metrics = evaluate(model, "test.npy")            # W2 (and floor), exact NLL (dx + dz <= 3), ELBO
+    out = reconstruct(model, x_partial)              # NaN entries sampled given the rest: out["samples"] [B, S, dx]
 
 Inputs and outputs are in the data's own units (the checkpoint holds the standardisation); arrays are NumPy.
 
@@ -36,8 +37,11 @@ import torch
 from torch import Tensor
 
 from lvebm_lightning.loading import InferenceError, LoadedModel, check_positive, load, load_data
+from lvebm_lightning.reconstruct import reconstruct
 
-__all__ = ["CHUNK", "InferenceError", "LoadedModel", "evaluate", "infer", "load", "load_data", "sample"]
+__all__ = [
+    "CHUNK", "InferenceError", "LoadedModel", "evaluate", "infer", "load", "load_data", "reconstruct", "sample",
+]
 
 CHUNK = 65536
 """Chains moved at once (sample and infer move larger requests chunk by chunk, from one generator)."""

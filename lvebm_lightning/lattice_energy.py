@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lvebm_lightning.energy import _ACTIVATIONS
+from lvebm_lightning.energy import ACTIVATIONS
 
 
 class ConvEnergy(nn.Module):
@@ -43,15 +43,15 @@ class ConvEnergy(nn.Module):
             )
         if width < 1 or depth < 1:
             raise ValueError(f"ConvEnergy needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(_ACTIVATIONS)}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
         if gamma < 0:
             raise ValueError(f"The confinement gamma must be >= 0, got {gamma}.")
         self.dx, self.dz, self.side, self.gamma = dx, dz, side, float(gamma)
         layers: list[nn.Module] = []
         channels = 1 + dz
         for _ in range(depth):
-            layers += [nn.Conv2d(channels, width, 3, padding=1, padding_mode="circular"), _ACTIVATIONS[activation]()]
+            layers += [nn.Conv2d(channels, width, 3, padding=1, padding_mode="circular"), ACTIVATIONS[activation]()]
             channels = width
         layers.append(nn.Conv2d(channels, 1, 1))
         self.net = nn.Sequential(*layers)

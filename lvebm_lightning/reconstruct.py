@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.loading import load
+from lvebm_lightning.sampling import cached_weights
 
 
 def conditional_sample(
@@ -126,8 +128,6 @@ def reconstruct(
     ``n_steps`` / ``step_size`` are given. Returns ``samples`` ``[B, S, dx]`` (data units; observed coordinates
     copied), their ``mean`` ``[B, dx]``, the latents ``z`` ``[B, S, dz]`` and the ``missing`` mask ``[B, dx]``.
     """
-    from lvebm_lightning.inference import load
-
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
         raise ReconstructionError(f"n_samples must be a whole number >= 1, got {n_samples!r}.")
     model = load(ckpt, device)
@@ -135,8 +135,8 @@ def reconstruct(
     x = read_partial(data, model.dx)
     missing = torch.from_numpy(np.isnan(x)).to(module.device)
     x_std = module.to_standard_units(torch.from_numpy(np.nan_to_num(x)).to(module.device, torch.float32))
-    config = module.eval_config(n_steps, step_size)
-    with module._sampling():
+    config = module.long_chain_config(n_steps, step_size)
+    with cached_weights(module.energy):
         xs, z = conditional_sample(
             module.energy, x_std, missing, model.dz, n_samples, config, model.generator(seed, 5)
         )

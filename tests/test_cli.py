@@ -1,4 +1,4 @@
-"""lvebm-sample / lvebm-infer / lvebm-eval and their Python functions, on checkpoints of a tiny training run."""
+"""lvebm-sample / -infer / -eval / -reconstruct and their Python functions, on checkpoints of a tiny training run."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from lvebm_lightning.cli import eval_main, infer_main, sample_main
-from lvebm_lightning.inference import InferenceError, evaluate, infer, load, sample
+from lvebm_lightning.cli import eval_main, infer_main, reconstruct_main, sample_main
+from lvebm_lightning.inference import InferenceError, evaluate, infer, load, reconstruct, sample
 from lvebm_lightning.training import train
 from tests.conftest import compose_config
 
@@ -208,22 +208,28 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
         (infer_main, ["ckpt={ckpt}", "data={tmp}/missing.npy", "out={tmp}/p.npz"], "missing.npy is neither a split"),
         (eval_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/e.json"], "has 3 columns"),
         (eval_main, ["ckpt={tmp}", "data=val", "out={tmp}/e.json"], "is a folder; pass the .ckpt file"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/full.npy", "out={tmp}/r.npz"], "has no NaN entries"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/empty_row.npy", "out={tmp}/r.npz"], "row 1 is all NaN"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/r.npz"], "but the model needs [B, 2]"),
+        (reconstruct_main, ["ckpt={ckpt}", "data=val", "out={tmp}/r.npz"], "data=val is not a file"),
     ],
 )
 def test_commands_refuse_bad_input_with_one_line(main, args, message, ckpt, tmp_path, capsys):
     np.save(tmp_path / "three.npy", np.zeros((10, 3), dtype=np.float32))
+    np.save(tmp_path / "full.npy", np.zeros((4, 2)))
+    np.save(tmp_path / "empty_row.npy", np.array([[0.0, np.nan], [np.nan, np.nan]]))
     code, out, err = run_command(main, [a.format(ckpt=ckpt, tmp=tmp_path) for a in args], capsys)
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and err.startswith("lvebm-")
-    assert not list(tmp_path.glob("s.*")) and not list(tmp_path.glob("p.*")) and not list(tmp_path.glob("e.*"))
+    assert not [p for p in tmp_path.iterdir() if p.stem in ("s", "p", "e", "r")]
 
 
 def test_console_scripts_run_as_installed(ckpt, tmp_path):
     """The [project.scripts] entries exist, and one runs in a fresh process as pip's wrapper would run it."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"lvebm-sample", "lvebm-infer", "lvebm-eval"}
+    assert set(scripts) == {"lvebm-sample", "lvebm-infer", "lvebm-eval", "lvebm-reconstruct"}
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(import_module(module), function))
@@ -243,3 +249,27 @@ def test_console_scripts_run_as_installed(ckpt, tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == f"lvebm-infer: error: Checkpoint not found: {tmp_path / 'none.ckpt'}; pass " \
         "ckpt=<run dir>/checkpoints/last.ckpt."
+
+
+def test_reconstruct_samples_the_exact_conditional_of_the_gaussian_checkpoint(gaussian_ckpt, tmp_path, capsys):
+    """In standardised units p(x, z) = N(0, I / GAMMA), so a missing coordinate d given the rest is N(mean_d,
+    std_d^2 / GAMMA) in data units: the samples' mean and variance within 5 standard errors (MALA is exact)."""
+    model = load(gaussian_ckpt)
+    mean, std = model.module.data_mean.double(), model.module.data_std.double()
+    x = np.array([[np.nan, 1.0], [0.5, np.nan], [np.nan, -2.0]])
+    s = 3000
+    out = reconstruct(model, x, s, seed=0)
+    assert out["samples"].shape == (3, s, 2) and out["z"].shape == (3, s, 1)
+    assert np.array_equal(out["missing"], np.isnan(x))
+    assert np.array_equal(out["samples"][~np.isnan(x)[:, None, :].repeat(s, 1)], np.repeat(x[~np.isnan(x)], s))
+    for b, d in ((0, 0), (1, 1), (2, 0)):
+        draws = torch.from_numpy(out["samples"][b, :, d]).double()
+        sd = float(std[d]) / math.sqrt(GAMMA)
+        assert abs(float(draws.mean()) - float(mean[d])) < 5 * sd / math.sqrt(s)
+        assert abs(float(draws.var()) / sd**2 - 1) < 5 * math.sqrt(2 / s)
+    np.save(tmp_path / "partial.npy", x)
+    code, printed, _ = run_command(reconstruct_main, [f"ckpt={gaussian_ckpt}", f"data={tmp_path / 'partial.npy'}",
+                                                      "n_samples=8", f"out={tmp_path / 'recon.npz'}"], capsys)
+    assert code == 0 and "to " + str(tmp_path / "recon.npz") in printed
+    with np.load(tmp_path / "recon.npz") as saved:
+        assert saved["samples"].shape == (3, 8, 2) and saved["mean"].shape == (3, 2)
