@@ -102,7 +102,7 @@ class Probe(pl.Callback):
             "grad": self._grad,
             "averaged_grad": self._averaged,
             "local_grad": local,
-            "skipped_steps": pl_module.skipped_steps,
+            "skipped_steps": pl_module.guard.skipped_steps,
             "params": _params(pl_module),
         })
 

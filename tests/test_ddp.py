@@ -304,7 +304,7 @@ def test_ais_log_partition_is_pooled_over_ranks(tmp_path):
     """dx + dz = 4: log Z by AIS, its chains split over the ranks; every rank must log the same ELBO and log Z."""
     _, (r0, r1) = run_train(
         tmp_path, "data=lorenz63", "trainer.devices=2", "trainer.max_steps=1", "trainer.val_check_interval=1",
-        "logger=csv", "~callbacks.gallery", "+callbacks.metrics.ais_chains=16", "+callbacks.metrics.ais_temperatures=8",
+        "logger=csv", "~callbacks.gallery", "callbacks.metrics.ais_chains=16", "callbacks.metrics.ais_temperatures=8",
     )
     m0, m1 = r0["validation"][0]["metrics"], r1["validation"][0]["metrics"]
     assert {"val/log_z_ais", "val/elbo", "val/iw_bound"} <= set(m0)
