@@ -16,17 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lvebm_lightning.energy import ACTIVATIONS
-
-
-def _mlp(n_in: int, width: int, depth: int, n_out: int, activation: str) -> nn.Sequential:
-    sizes = [n_in] + [width] * depth + [n_out]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+from lvebm_lightning.energy import check_network, mlp
 
 
 class DecoderEnergy(nn.Module):
@@ -56,17 +46,12 @@ class DecoderEnergy(nn.Module):
         super().__init__()
         if dx < 1 or dz < 1:
             raise ValueError(f"DecoderEnergy needs dx >= 1 and dz >= 1 (model.dz), got dx={dx}, dz={dz}.")
-        if width < 1 or depth < 1:
-            raise ValueError(f"DecoderEnergy needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
+        check_network("DecoderEnergy", width, depth, activation, gamma)
         if not sigma > 0:
             raise ValueError(f"DecoderEnergy needs sigma > 0, got {sigma}.")
-        if gamma < 0:
-            raise ValueError(f"The confinement gamma must be >= 0, got {gamma}.")
         self.dx, self.dz, self.gamma = dx, dz, float(gamma)
-        self.decoder = _mlp(dz, width, depth, dx, activation)
-        self.prior = _mlp(dz, width, depth, 1, activation)
+        self.decoder = mlp(dz, width, depth, dx, activation)
+        self.prior = mlp(dz, width, depth, 1, activation)
         log_sigma = torch.tensor(math.log(sigma))
         if learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)

@@ -24,6 +24,29 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def check_network(name: str, width: int, depth: int, activation: str, gamma: float) -> None:
+    """Raise a ValueError naming ``name`` for a network size, activation or confinement it cannot use."""
+    if width < 1 or depth < 1:
+        raise ValueError(f"{name} needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
+    if gamma < 0:
+        raise ValueError(f"The confinement gamma must be >= 0, got {gamma}.")
+
+
+def mlp(n_in: int, width: int, depth: int, n_out: int, activation: str, spectral_norm: bool = False) -> nn.Sequential:
+    """n_in -> ``depth`` hidden layers of ``width`` units -> n_out, a smooth activation between the linear layers
+    (each optionally spectral-normalised)."""
+    sizes = [n_in] + [width] * depth + [n_out]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        layers.append(nn.utils.parametrizations.spectral_norm(linear) if spectral_norm else linear)
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
 class MLPEnergy(nn.Module):
     """E(x, z) = f_theta([x, z]) + (gamma / 2)(|x|^2 + |z|^2).
 
@@ -55,21 +78,9 @@ class MLPEnergy(nn.Module):
         super().__init__()
         if dx < 1 or dz < 0:
             raise ValueError(f"MLPEnergy needs dx >= 1 and dz >= 0, got dx={dx}, dz={dz}.")
-        if width < 1 or depth < 1:
-            raise ValueError(f"MLPEnergy needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
-        if gamma < 0:
-            raise ValueError(f"The confinement gamma must be >= 0, got {gamma}.")
+        check_network("MLPEnergy", width, depth, activation, gamma)
         self.dx, self.dz, self.gamma = dx, dz, float(gamma)
-        sizes = [dx + dz] + [width] * depth + [1]
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            linear = nn.Linear(n_in, n_out)
-            layers.append(nn.utils.parametrizations.spectral_norm(linear) if spectral_norm else linear)
-            if i < len(sizes) - 2:
-                layers.append(ACTIVATIONS[activation]())
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(dx + dz, width, depth, 1, activation, spectral_norm)
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """Energies ``[...]`` of pairs x ``[..., dx]`` and z ``[..., dz]``."""

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lvebm_lightning.energy import ACTIVATIONS
+from lvebm_lightning.energy import ACTIVATIONS, check_network
 
 
 class ConvEnergy(nn.Module):
@@ -41,12 +41,7 @@ class ConvEnergy(nn.Module):
                 f"ConvEnergy needs a square lattice (dx = side^2) and dz >= 0, got dx={dx}, dz={dz}; use it with "
                 "lattice data such as data=phi4, or model/energy=mlp."
             )
-        if width < 1 or depth < 1:
-            raise ValueError(f"ConvEnergy needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}.")
-        if gamma < 0:
-            raise ValueError(f"The confinement gamma must be >= 0, got {gamma}.")
+        check_network("ConvEnergy", width, depth, activation, gamma)
         self.dx, self.dz, self.side, self.gamma = dx, dz, side, float(gamma)
         layers: list[nn.Module] = []
         channels = 1 + dz
