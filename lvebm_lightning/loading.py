@@ -19,6 +19,7 @@ from torch import Tensor
 from lvebm_lightning.arguments import SPLITS, missing_data
 from lvebm_lightning.checkpointing import read_checkpoint
 from lvebm_lightning.data.files import load_array
+from lvebm_lightning.errors import is_positive_number
 from lvebm_lightning.module import LVEBMModule
 from lvebm_lightning.seeding import STREAM_DRAWS, make_generator
 
@@ -117,5 +118,5 @@ def load_data(model: LoadedModel, data: str | Path | np.ndarray | Tensor, name: 
 
 def check_positive(**values: Any) -> None:
     for key, value in values.items():
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        if value is not None and not is_positive_number(value):
             raise InferenceError(f"{key} must be a positive number, got {value!r}.")

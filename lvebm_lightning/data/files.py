@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lvebm_lightning.errors import one_line
+
 MIN_ROWS = 4
 """The fewest rows a data file may hold: enough for a train / validation / test split."""
 
@@ -20,17 +22,13 @@ class DataFileError(ValueError):
     """A data file that cannot be used; the message is one line naming the file, the problem and the fix."""
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
-
-
 def _read_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         if "Object arrays" in str(error):
             raise _object_dtype(path) from error
-        message = f"{path}: not a readable .npy file ({_one_line(error)}); save the data with np.save"
+        message = f"{path}: not a readable .npy file ({one_line(str(error))}); save the data with np.save"
         raise DataFileError(message) from error
 
 
@@ -55,7 +53,7 @@ def _read_npz(path: Path) -> np.ndarray:
         except ValueError as error:
             if "Object arrays" in str(error):
                 raise _object_dtype(path) from error
-            message = f"{path}: array {key!r} cannot be read ({_one_line(error)}); save the data again"
+            message = f"{path}: array {key!r} cannot be read ({one_line(str(error))}); save the data again"
             raise DataFileError(message) from error
 
 

@@ -14,16 +14,14 @@ bound IW(S) = E log (1/S) sum_s exp(-E(x, z_s) - log q_phi(z_s | x)) - log Z is 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lvebm_lightning.energy import Energy
 from lvebm_lightning.langevin import LangevinConfig
 from lvebm_lightning.posterior import AmortisedPosterior
-
-Energy = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
