@@ -1,0 +1,135 @@
+"""Framework overhead: one training step of the default experiment under Lightning against a plain PyTorch loop.
+
+Both run the same algorithm with the same settings (DESIGN.md section 1, the defaults of ``conf/``): K = 1 MALA
+posterior particle per datum (T_z = 10), a batch of the pool moved by T_n = 50 MALA steps with re-initialisation
+rho, the loss mean E_pos - mean E_neg + alpha (mean E_pos^2 + mean E_neg^2), one backward, gradient clipping,
+Adam and the cosine schedule. The Lightning side is ``train.py``'s own path (``training.train`` with the run's
+callbacks and a CSV logger, validation and checkpoints off); the plain side is a hand-written loop over the same
+energy, particle store and Langevin kernel. Steps per second are timed over the same window of steps (after a
+warm-up), the two sides interleaved ``--repeats`` times, best of each, so a burst of load hits both alike. The
+dense-matmul rate is measured in the same run. Target: Lightning / plain >= 0.95 (overhead <= 5%).
+
+    python benchmarks/framework_overhead.py [--steps 300] [--warmup 50] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.speed import matmul_gflops  # noqa: E402
+from lvebm_lightning.config import compose_config  # noqa: E402
+from lvebm_lightning.energy import MLPEnergy  # noqa: E402
+from lvebm_lightning.langevin import LangevinConfig, langevin  # noqa: E402
+from lvebm_lightning.particles import ParticleStore  # noqa: E402
+from lvebm_lightning.posterior import conditional_langevin  # noqa: E402
+from lvebm_lightning.schedule import warmup_cosine  # noqa: E402
+from lvebm_lightning.training import train  # noqa: E402
+
+
+class StepTimer(pl.Callback):
+    """Writes the steps per second from the start of step ``warmup`` to the end of the last step to ``out``."""
+
+    def __init__(self, warmup: int, out: str) -> None:
+        self.warmup, self.out, self.start = warmup, Path(out), 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out.write_text(str((trainer.global_step - self.warmup) / (time.perf_counter() - self.start)))
+
+
+def lightning_rate(steps: int, warmup: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_config(Path(tmp) / "run", [
+            f"trainer.max_steps={steps}", "trainer.val_check_interval=1000000", "test=false", "logger=csv",
+            "~callbacks.gallery", "~callbacks.metrics", "~callbacks.best_checkpoint",
+            "callbacks.model_checkpoint.every_n_train_steps=1000000", "+trainer.enable_progress_bar=false",
+            "+callbacks.timer._target_=benchmarks.framework_overhead.StepTimer", f"+callbacks.timer.warmup={warmup}",
+            f"+callbacks.timer.out={tmp}/rate.txt",
+        ])
+        train(cfg)
+        return float((Path(tmp) / "rate.txt").read_text())
+
+
+def plain_rate(steps: int, warmup: int, seed: int = 0) -> float:
+    """The same algorithm as a hand-written loop (double well, dx = 2, dz = 1, the defaults of conf/)."""
+    from lvebm_lightning.data.systems import get_dataset
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x_all = torch.from_numpy(get_dataset("double_well").sample(20000, seed))
+    x_all = (x_all - x_all.mean(0)) / x_all.std(0)
+    dx, dz, n, batch, pool_size, rho, alpha = 2, 1, len(x_all), 256, 10000, 0.01, 0.01
+    energy = MLPEnergy(dx, dz, width=128, depth=2, gamma=0.1)
+    store = ParticleStore(n, 1, dz)
+    store.init_(gen)
+    pool = torch.randn(pool_size, dx + dz, generator=gen)
+    posterior = LangevinConfig(0.01, 10, metropolis=True)
+    negative = LangevinConfig(0.01, 50, metropolis=True)
+    opt = torch.optim.Adam(energy.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    sched = warmup_cosine(opt, total_steps=steps)
+
+    def joint(xz: torch.Tensor) -> torch.Tensor:
+        return energy(xz[..., :dx], xz[..., dx:])
+
+    order = torch.randperm(n, generator=gen)
+    start = None
+    for step in range(steps):
+        if step == warmup:
+            start = time.perf_counter()
+        index = order[(step * batch) % (n - batch):][:batch]
+        x = x_all[index]
+        z = conditional_langevin(energy, x, store.get(index), posterior, gen)
+        store.set(index, z)
+        idx = torch.randperm(pool_size, generator=gen)[:batch]
+        fresh = torch.randn(batch, dx + dz, generator=gen)
+        xz = torch.where(torch.rand(batch, 1, generator=gen) < rho, fresh, pool[idx])
+        xz, _ = langevin(joint, xz, negative, gen)
+        pool[idx] = xz
+        e_pos, e_neg = energy(x.unsqueeze(1), z), joint(xz)
+        loss = e_pos.mean() - e_neg.mean() + alpha * ((e_pos**2).mean() + (e_neg**2).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(energy.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return (steps - warmup) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rates: dict[str, list[float]] = {"lightning": [], "plain": []}
+    gflops = []
+    for _ in range(args.repeats):
+        gflops.append(matmul_gflops("cpu"))
+        rates["plain"].append(plain_rate(args.steps, args.warmup))
+        rates["lightning"].append(lightning_rate(args.steps, args.warmup))
+    best = {k: max(v) for k, v in rates.items()}
+    print(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, dense matmul "
+          f"{min(gflops):.0f}-{max(gflops):.0f} GFLOP/s (2048^2 float32, this run)")
+    print(f"# default experiment (double well, MLP 128 x 2, B = 256, T_z = 10, T_n = 50 MALA), steps "
+          f"{args.warmup}..{args.steps}, best of {args.repeats} interleaved runs")
+    print(f"{'loop':<10} {'steps/s (best)':>15} {'all runs':>28}")
+    for key in ("plain", "lightning"):
+        print(f"{key:<10} {best[key]:>15.2f} {', '.join(f'{r:.2f}' for r in rates[key]):>28}")
+    print(f"lightning / plain = {best['lightning'] / best['plain']:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
