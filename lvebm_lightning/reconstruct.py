@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lvebm_lightning.data.files import read_array
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.loading import load
 from lvebm_lightning.sampling import cached_weights
@@ -77,16 +78,12 @@ def read_partial(data: str | Path | np.ndarray, dx: int) -> np.ndarray:
             raise ReconstructionError(
                 f"data file not found: {path}; pass data=<.npy/.npz/.csv with NaN where missing>."
             )
-        if path.suffix == ".npz":
-            with np.load(path) as archive:
-                x = archive[archive.files[0]]
-        elif path.suffix == ".csv":
-            x = np.genfromtxt(path, delimiter=",", dtype=np.float64)
-        else:
-            x = np.load(path)
+        x = read_array(path)
         source = str(path)
     else:
         x, source = np.asarray(data), "the data array"
+    if x.dtype.kind not in "biuf":
+        raise ReconstructionError(f"{source} holds values of dtype {x.dtype}, not numbers; save it as float32.")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 1 and dx > 1 and x.shape[0] == dx:
         x = x[None]

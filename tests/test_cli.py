@@ -212,12 +212,14 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
         (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/empty_row.npy", "out={tmp}/r.npz"], "row 1 is all NaN"),
         (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/r.npz"], "but the model needs [B, 2]"),
         (reconstruct_main, ["ckpt={ckpt}", "data=val", "out={tmp}/r.npz"], "data=val is not a file"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/notes.json", "out={tmp}/r.npz"], "unsupported extension"),
     ],
 )
 def test_commands_refuse_bad_input_with_one_line(main, args, message, ckpt, tmp_path, capsys):
     np.save(tmp_path / "three.npy", np.zeros((10, 3), dtype=np.float32))
     np.save(tmp_path / "full.npy", np.zeros((4, 2)))
     np.save(tmp_path / "empty_row.npy", np.array([[0.0, np.nan], [np.nan, np.nan]]))
+    (tmp_path / "notes.json").write_text("{}")
     code, out, err = run_command(main, [a.format(ckpt=ckpt, tmp=tmp_path) for a in args], capsys)
     assert code == 2
     assert message in err

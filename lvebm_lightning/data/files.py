@@ -105,8 +105,6 @@ def _first_row(mask: np.ndarray) -> int:
 
 def _check(x: np.ndarray, path: Path) -> np.ndarray:
     """The checks shared by every format; returns x as a contiguous float32 [N, dx]."""
-    if x.dtype == object:
-        raise _object_dtype(path)
     if x.dtype.kind not in "biuf":
         raise DataFileError(
             f"{path}: holds values of dtype {x.dtype}, not real numbers; convert it with "
@@ -159,6 +157,12 @@ def load_array(path: str | Path) -> np.ndarray:
     The array must be 2-D [N, dx] with N >= ``MIN_ROWS`` real, finite numbers (NaN and ±inf are refused, with
     their count and first row). Raises ``DataFileError`` (a ``ValueError``) with a one-line message otherwise.
     """
+    return _check(read_array(path), Path(path))
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """The array of a ``.npy``, ``.npz`` or ``.csv`` file as stored, before ``load_array``'s checks of its shape and
+    values (NaN stays NaN); a missing, empty, pickled or unreadable file raises ``DataFileError``."""
     path = Path(path)
     if not path.is_file():
         raise DataFileError(f"{path}: no such data file (resolved to {path.resolve()}); check data.path")
@@ -169,4 +173,7 @@ def load_array(path: str | Path) -> np.ndarray:
         )
     if path.stat().st_size == 0:
         raise DataFileError(f"{path}: the file is empty; supply at least {MIN_ROWS} rows of data")
-    return _check(reader(path), path)
+    x = reader(path)
+    if x.dtype == object:
+        raise _object_dtype(path)
+    return x
