@@ -18,6 +18,7 @@ from lvebm_lightning.cli import eval_main, infer_main, reconstruct_main, sample_
 from lvebm_lightning.inference import InferenceError, evaluate, infer, load, reconstruct, sample
 from lvebm_lightning.training import train
 from tests.conftest import compose_config
+from tests.helpers.commands import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 GAMMA = 4.0  # the Gaussian checkpoint's confinement: p(x, z) = N(0, I / GAMMA) in standardised units
@@ -157,14 +158,6 @@ def test_bad_requests_are_refused_before_any_work(ckpt, tmp_path):
 
 
 # -- the commands ------------------------------------------------------------------------------------------------
-def run_command(main, args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return stop.value.code, captured.out, captured.err
-
-
 def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
     code, out, _ = run_command(sample_main, [f"ckpt={ckpt}", "n=300", f"out={tmp_path / 's.npz'}", "pairs=true",
                                              "n_steps=20"], capsys)

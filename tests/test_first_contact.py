@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lvebm_lightning.cli import eval_main, sample_main
+from tests.helpers.commands import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 60
@@ -138,31 +139,23 @@ def test_a_checkpoint_of_the_same_data_drawn_otherwise_is_refused(first, tmp_pat
 
 
 # -- the console commands ----------------------------------------------------------------------------------------
-def command(main, args, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return stop.value.code, captured.out, captured.err
-
-
 def test_eval_takes_a_seed_and_reproduces_the_logged_elbo(first, capsys):
     run, _ = first
     ckpt = run / "checkpoints" / "last.ckpt"
-    code, out, _ = command(eval_main, [f"ckpt={ckpt}", "data=test"], capsys)
+    code, out, _ = run_command(eval_main, [f"ckpt={ckpt}", "data=test"], capsys)
     assert code == 0 and f"wrote {run / 'eval.json'}" in out  # beside the checkpoint's run directory
     metrics = json.loads((run / "eval.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert metrics["w2"] == pytest.approx(summary["final/w2"], rel=1e-5)
     assert metrics["train_elbo"] == pytest.approx(summary["final/elbo"], rel=1e-5)
     assert "val/elbo and test/elbo" in out  # says why elbo (the test split's) differs from the logged one
-    code, _, _ = command(eval_main, [f"ckpt={ckpt}", "data=test", "seed=3", f"out={run / 'eval3.json'}"], capsys)
+    code, _, _ = run_command(eval_main, [f"ckpt={ckpt}", "data=test", "seed=3", f"out={run / 'eval3.json'}"], capsys)
     assert code == 0 and json.loads((run / "eval3.json").read_text())["w2"] != metrics["w2"]
 
 
 def test_sample_writes_beside_the_checkpoint_by_default(first, capsys):
     run, _ = first
-    code, out, _ = command(sample_main, [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=50", "n_steps=2"], capsys)
+    code, out, _ = run_command(sample_main, [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=50", "n_steps=2"], capsys)
     assert code == 0 and out.strip().endswith(f"to {run / 'samples.npy'}") and (run / "samples.npy").is_file()
 
 
