@@ -93,7 +93,7 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequenc
     from lvebm_lightning import schema
 
     config_dir = Path(config_dir).resolve()
-    groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
+    groups = {p.relative_to(config_dir).as_posix() for p in config_dir.rglob("*") if p.is_dir()}  # model/energy
     cfg = _compose(config_dir, config_name, overrides)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     chosen = [o.input_line for o in parsed if o.key_or_group in groups or o.is_delete()]

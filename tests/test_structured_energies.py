@@ -83,3 +83,30 @@ def test_data_options_and_hidden_truth_reach_the_data_module() -> None:
     assert small.dim == 16
     with pytest.raises(ValueError, match="dataset 'phi4' has no parameter 'sides'"):
         get_dataset("phi4", sides=4)
+
+
+@pytest.mark.parametrize(
+    ("choice", "target"),
+    [("mlp", "lvebm_lightning.energy.MLPEnergy"), ("decoder", "lvebm_lightning.decoder_energy.DecoderEnergy"),
+     ("conv", "lvebm_lightning.lattice_energy.ConvEnergy")],
+)
+def test_the_energy_is_a_config_group_of_the_command_line(choice: str, target: str) -> None:
+    from pathlib import Path
+
+    from lvebm_lightning.config import check_overrides
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    data = ["data=phi4"] if choice == "conv" else []
+    cfg = check_overrides(conf, "train", [f"model/energy={choice}", "model.dz=2", *data])
+    assert cfg.model.energy._target_ == target
+    assert check_overrides(conf, "train", []).model.energy._target_ == "lvebm_lightning.energy.MLPEnergy"
+
+
+def test_an_unknown_energy_choice_names_the_options() -> None:
+    from pathlib import Path
+
+    from lvebm_lightning.config import ConfigError, check_overrides
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with pytest.raises(ConfigError, match=r"model/energy=transformer.*conv.*decoder.*mlp"):
+        check_overrides(conf, "train", ["model/energy=transformer"])
