@@ -1,0 +1,264 @@
+"""The method's claims in one table: every method on every physical system, mean and spread over seeds.
+
+    python benchmarks/paper.py                          # the default size (budgets printed with the table)
+    python benchmarks/paper.py --quick                  # every path on small budgets, in minutes (a CI test)
+    python benchmarks/paper.py --datasets pendulum,phi4 --seeds 3 --out /tmp/paper sampler.negative.n_steps=100
+
+Methods, all through the same training loop (``train(cfg)`` on ``conf/train.yaml``) with the same budget:
+``persistent`` (the method), ``short_run`` (fresh conditional chains every batch), ``amortised`` (a Gaussian
+encoder), ``no_latent`` (``model.dz=0``), and ``flow``, a neural spline flow (zuko, the ``bench`` extra) fitted by
+maximum likelihood. Each dataset takes the energy that suits it (README "Energies"): the MLP on the 2-D and 3-D
+systems, the decoder energy with dz = 2 on ``pendulum``, the convolutional energy on ``phi4``; everything else is
+the framework's defaults. The scores (``paper_scores``), all on the test split:
+
+    W2/floor        W2 of fresh long chains to the test data over the data floor (sliced W2 beside when dx > 3)
+    NLL gap         exact test NLL (dx + dz <= 3, flows: any dx) minus the true density's
+    FE spread       the free-energy error: std over test data of log p_model(x) - log p_true(x), in kT
+                    (Boltzmann systems; the latent integrated out by quadrature)
+    observable      phi4: TV of the magnetisation histogram (its sampling floor beside), two-point z-score;
+                    pendulum: W1 of the trajectory-energy distribution over its floor; linear_gaussian: relative
+                    error of the covariance against the exact ML covariance (floor: n training rows)
+    ELBO gain       particle ELBO (K fresh chains per datum) minus the ELBO of a Gaussian encoder fitted to the same
+                    frozen energy, nats per datum (> 0: the particle posterior is tighter)
+    R^2             cross-validated k-NN R^2 of the hidden truth from the posterior mean (pendulum: its energy;
+                    phi4: the sign of the magnetisation), beside the same probe on the amortised encoder's mean
+                    and on the first dz principal components of x (row "pca")
+    recon           lorenz63: z from (x, y); pendulum: the second half from the first; phi4: a 4 x 4 block.
+                    RMSE of the mean, energy score, share of truths in the central 90% of the samples; row "knn":
+                    a k-NN regression from observed to hidden coordinates fitted on the training data
+    train s         wall time of the training steps alone
+
+Runs are sequential in this process. Results go to ``--out``: ``table.md`` (the tables), ``rows.json`` (every
+run's numbers) and ``gallery_<dataset>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmark this checkout, not another installed copy
+from baselines import TIMERS  # noqa: E402
+from flow import fit_flow, flow_nll, flow_sample  # noqa: E402
+from paper_report import gallery, tables  # noqa: E402
+import paper_scores as scores  # noqa: E402
+
+from lvebm_lightning.config import compose_config  # noqa: E402
+from lvebm_lightning.divergence import TrainingDiverged  # noqa: E402
+from lvebm_lightning.inference import load, sample  # noqa: E402
+from lvebm_lightning.training import train  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a dataset is run: seeds, its energy, and the coordinates its reconstruction hides."""
+
+    seeds: int
+    overrides: tuple[str, ...] = ()
+    dz: int = 1
+    hidden: tuple[int, ...] = ()
+    no_latent: tuple[str, ...] = ()  # what model.dz=0 also needs (the decoder energy needs a latent)
+
+
+PHI4_BLOCK = tuple(r * 8 + c for r in range(2, 6) for c in range(2, 6))
+DATASETS: dict[str, Spec] = {
+    "double_well": Spec(seeds=3),
+    "mueller_brown": Spec(seeds=1),
+    "oscillator": Spec(seeds=1),
+    "lorenz63": Spec(seeds=1, hidden=(2,)),
+    "pendulum": Spec(seeds=3, overrides=("model/energy=decoder",), dz=2, hidden=tuple(range(8, 16)),
+                     no_latent=("model/energy=mlp",)),
+    "phi4": Spec(seeds=3, hidden=PHI4_BLOCK),  # the MLP: model/energy=conv costs ~50x more per step on a CPU
+    "linear_gaussian": Spec(seeds=1),
+}
+METHODS: dict[str, tuple[str, ...]] = {
+    "persistent": ("sampler=persistent",),
+    "short_run": ("sampler=short_run",),
+    "amortised": ("sampler=amortised",),
+    "no_latent": ("model.dz=0",),
+    "flow": (),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int = 1200          # optimizer steps per EBM run (the flow: flow_steps)
+    chain_steps: int = 1000    # T of the long chains, posterior chains and reconstruction chains
+    n_samples: int = 1000      # long-chain samples for W2 and the observables
+    n_probe: int = 1000        # test data probed for latents, ELBO and free energy
+    n_particles: int = 16      # K fresh posterior chains per probed datum
+    elbo_samples: int = 32     # S draws per datum for each ELBO
+    encoder_data: int = 5000   # training data the fitted encoder sees
+    encoder_steps: int = 2000  # its maximum steps (it stops earlier when its held-out ELBO stops rising)
+    n_recon: int = 200         # test data reconstructed
+    recon_samples: int = 50    # conditional samples per reconstructed datum
+    flow_steps: int = 2000
+    data: tuple[str, ...] = ()  # data-size overrides
+    seeds: int | None = None   # seeds for every dataset (None: each dataset's own)
+
+
+QUICK = Budget(
+    steps=40, chain_steps=40, n_samples=256, n_probe=200, n_particles=4, elbo_samples=8, encoder_data=500,
+    encoder_steps=60, n_recon=32, recon_samples=16, flow_steps=60, seeds=1,
+    data=("data.n_train=1500", "data.n_val=256", "data.n_test=512", "sampler.negative.pool_size=1000",
+          "+callbacks.metrics.ais_chains=32", "+callbacks.metrics.ais_temperatures=20",
+          "callbacks.metrics.n_elbo=64", "callbacks.metrics.elbo_samples=8", "callbacks.metrics.quadrature_points=32"),
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: every path in a few minutes")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of the datasets")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    parser.add_argument("--seeds", type=int, default=0, help="seeds per dataset (0: each dataset's own)")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per EBM run (0: the budget's)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper"), help="output folder")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every EBM run")
+    args = parser.parse_args()
+    for name, chosen, valid in (("dataset", args.datasets, DATASETS), ("method", args.methods, METHODS)):
+        unknown = [v for v in chosen.split(",") if v not in valid]
+        if unknown:
+            parser.error(f"unknown {name}(s) {unknown}; choose from {list(valid)}")
+    return args
+
+
+def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[str], out: Path) -> dict[str, Any]:
+    """Train one EBM and score it; the row of the table."""
+    spec = DATASETS[dataset]
+    overrides = [
+        f"data={dataset}", *spec.overrides, f"model.dz={spec.dz}", *METHODS[method],
+        *(spec.no_latent if method == "no_latent" else ()), f"seed={seed}", "logger=csv", "test=true",
+        "~callbacks.gallery", "~callbacks.best_checkpoint", "+trainer.limit_val_batches=0",
+        "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=baselines.TrainTimer",
+        f"trainer.max_steps={budget.steps}", f"trainer.val_check_interval={budget.steps}",
+        f"callbacks.model_checkpoint.every_n_train_steps={budget.steps}",
+        f"sampler.long_chains.n_steps={budget.chain_steps}", f"sampler.long_chains.n_samples={budget.n_samples}",
+        *budget.data, *extra,
+    ]
+    TIMERS.clear()
+    start = time.perf_counter()
+    try:
+        metrics = train(compose_config(out, overrides))
+    except TrainingDiverged as err:
+        return {"status": f"diverged: {str(err)[:120]}", "train_s": TIMERS[0].seconds if TIMERS else math.nan}
+    row: dict[str, Any] = {"status": "ok", "train_s": TIMERS[0].seconds}
+    row.update({k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")})
+    model = load(out / "checkpoints" / "last.ckpt")
+    data = model.run_data()
+    x_model = torch.from_numpy(sample(model, budget.n_samples, seed=seed)).double()
+    log_p = scores.model_log_density(model, data.raw["test"][: budget.n_probe], seed) if model.dz <= 2 else None
+    row.update(scores.physics_scores(data, x_model, log_p, budget))
+    if model.dz > 0:
+        row.update(scores.latent_scores(model, data, budget, seed))
+    if spec.hidden:
+        row.update(scores.reconstruction_scores(model, data, budget, list(spec.hidden), seed))
+    row["total_s"] = time.perf_counter() - start
+    row["samples"] = x_model[:1000].float().tolist()
+    return row
+
+
+def flow_run(dataset: str, seed: int, budget: Budget, out: Path) -> dict[str, Any]:
+    """Fit the flow on the same training split (the data module of a finished EBM run's config) and score it."""
+    overrides = [f"data={dataset}", f"seed={seed}", *[o for o in budget.data if o.startswith("data.")]]
+    data = hydra.utils.instantiate(compose_config(out, overrides).data).prepare()
+    start = time.perf_counter()
+    flow, mean, std = fit_flow(data.raw["train"], steps=budget.flow_steps, seed=seed)
+    row: dict[str, Any] = {"status": "ok", "train_s": time.perf_counter() - start}
+    test = data.raw["test"]
+    nll = flow_nll(flow, mean, std, test)
+    row["nll"] = float(nll.mean())
+    if hasattr(data.system, "log_partition") and test.shape[1] <= 3:
+        true = data.system.energy(test.double()) + data.system.log_partition()
+        row["nll_true"], row["nll_gap"] = float(true.mean()), float(nll.mean() - true.mean())
+    x_model = flow_sample(flow, mean, std, budget.n_samples, seed=seed).double()
+    from lvebm_lightning.metrics.evaluation import sample_distances
+
+    n = min(budget.n_samples, len(test))
+    distances = sample_distances(x_model.float(), test[:n], data.raw["train"][:n], n)
+    row.update({k: float(v) for k, v in distances.items()})
+    row.update(scores.physics_scores(data, x_model, -nll[: budget.n_probe], budget))
+    row["total_s"] = time.perf_counter() - start
+    row["samples"] = x_model[:1000].float().tolist()
+    return row
+
+
+def main() -> None:
+    args = parse_args()
+    budget = QUICK if args.quick else Budget()
+    if args.seeds:
+        budget = replace(budget, seeds=args.seeds)
+    if args.steps:
+        budget = replace(budget, steps=args.steps)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets, methods = args.datasets.split(","), args.methods.split(",")
+    rows: list[dict[str, Any]] = []
+    refs: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    for dataset in datasets:
+        spec = DATASETS[dataset]
+        for seed in range(budget.seeds or spec.seeds):
+            for method in methods:
+                run_dir = out / "runs" / dataset / f"{method}_seed{seed}"
+                t0 = time.perf_counter()
+                if method == "flow":
+                    row = flow_run(dataset, seed, budget, run_dir)
+                else:
+                    row = ebm_run(dataset, method, seed, budget, args.overrides, run_dir)
+                rows.append({"dataset": dataset, "method": method, "seed": seed, **row})
+                print(f"[{time.perf_counter() - start:7.0f} s] {dataset:15s} {method:10s} seed {seed}: "
+                      f"{row['status']} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if seed == 0:
+                model = load(out / "runs" / dataset / "persistent_seed0" / "checkpoints" / "last.ckpt") \
+                    if "persistent" in methods else None
+                data = model.run_data() if model is not None else None
+                if data is not None:
+                    refs[dataset] = scores.reference_scores(data, budget, list(spec.hidden), spec.dz)
+                    gallery(dataset, data, [r for r in rows if r["dataset"] == dataset], out / f"gallery_{dataset}.png")
+    elapsed = time.perf_counter() - start
+    header = budget_header(budget, datasets, args.overrides, elapsed)
+    text = header + "\n\n" + tables(rows, refs)
+    (out / "table.md").write_text(text + "\n")
+    for row in rows:
+        row.pop("samples", None)
+    (out / "rows.json").write_text(json.dumps({"budget": asdict(budget), "rows": rows, "references": refs}, indent=1))
+    print(text)
+
+
+def budget_header(budget: Budget, datasets: list[str], overrides: list[str], elapsed: float) -> str:
+    seeds = ", ".join(f"{d} {budget.seeds or DATASETS[d].seeds}" for d in datasets)
+    rate = matmul_gflops()
+    return (
+        f"Budgets: {budget.steps} optimizer steps per EBM run, flow {budget.flow_steps} steps; long chains "
+        f"T = {budget.chain_steps} with {budget.n_samples} samples; {budget.n_probe} test data probed "
+        f"(K = {budget.n_particles} chains, S = {budget.elbo_samples}); fitted encoder <= {budget.encoder_steps} steps "
+        f"on {budget.encoder_data} data; {budget.n_recon} reconstructions x {budget.recon_samples} samples.  \n"
+        f"Seeds: {seeds}. Overrides: {' '.join([*budget.data, *overrides]) or 'none'}.  \n"
+        f"Total wall time {elapsed / 60:.1f} min on {os.cpu_count()} CPU cores (dense matmul {rate:.0f} GFLOP/s)."
+    )
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+if __name__ == "__main__":
+    main()

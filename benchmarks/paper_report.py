@@ -1,0 +1,113 @@
+"""The Markdown tables and the galleries of ``benchmarks/paper.py``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import torch
+
+from lvebm_lightning.data.systems import magnetisation
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NA = "n/a"
+
+
+def cell(rows: list[dict[str, Any]], key: str, spec: str = ".3g", se_key: str | None = None) -> str:
+    """mean ± sd over the seeds' rows of ``key`` ("n/a" when no row has it, "k/n" when only k of n are finite)."""
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    if not values:
+        return NA
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "nan"
+    mean = sum(finite) / len(finite)
+    text = format(mean, spec)
+    if len(finite) > 1:
+        sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+        text += f" ± {format(sd, '.2g')}"
+    elif se_key and isinstance(rows[0].get(se_key), (int, float)):
+        text += f" ± {format(rows[0][se_key], '.2g')} (se)"
+    if len(finite) < len(rows):
+        text += f" ({len(finite)}/{len(rows)} finite)"
+    return text
+
+
+def observable(rows: list[dict[str, Any]], dataset: str) -> str:
+    if dataset == "phi4":
+        return (f"TV {cell(rows, 'mag_tv', '.2f')} (floor {cell(rows, 'mag_tv_floor', '.2f')}), "
+                f"M>0 {cell(rows, 'positive_share', '.2f')}, G z {cell(rows, 'g_z', '.2g')}")
+    if dataset == "pendulum":
+        return f"energy W1/floor {cell(rows, 'energy_w1_ratio', '.2f')}"
+    if dataset == "linear_gaussian":
+        return f"cov err {cell(rows, 'cov_error', '.3f')} (floor {cell(rows, 'cov_error_floor', '.3f')})"
+    return NA
+
+
+def groups(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    seen: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        seen.setdefault((row["dataset"], row["method"]), []).append(row)
+    return [(d, m, rs) for (d, m), rs in seen.items()]
+
+
+def tables(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> str:
+    """Two Markdown tables: the density and physics of the samples, and what the latents carry."""
+    density = [
+        "| dataset | method | seeds | ok | train s | W2/floor | sliced W2 | NLL gap | FE spread (kT) | observable |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    latents = [
+        "| dataset | method | ELBO gain vs fitted encoder | test ELBO | R² posterior mean | R² encoder mean "
+        "| recon RMSE | recon ES | recon 90% coverage |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, method, rs in groups(rows):
+        ok = [r for r in rs if r.get("status") == "ok"]
+        density.append(
+            f"| {dataset} | {method} | {len(rs)} | {len(ok)} | {cell(rs, 'train_s', '.0f')} "
+            f"| {cell(ok, 'w2_ratio', '.2f')} | {cell(ok, 'sliced_w2', '.3g')} | {cell(ok, 'nll_gap', '.3f')} "
+            f"| {cell(ok, 'fe_spread', '.3f')} | {observable(ok, dataset)} |"
+        )
+        if method != "flow":
+            latents.append(
+                f"| {dataset} | {method} | {cell(ok, 'elbo_gain', '.3f', 'elbo_gain_se')} | {cell(ok, 'elbo', '.3f')} "
+                f"| {cell(ok, 'r2_posterior', '.3f')} | {cell(ok, 'r2_encoder', '.3f')} | {cell(ok, 'recon_rmse', '.3f')} "
+                f"| {cell(ok, 'recon_es', '.3f')} | {cell(ok, 'recon_cov90', '.2f')} |"
+            )
+    for dataset, ref in refs.items():
+        if "r2_pca" in ref or "recon_rmse" in ref:
+            latents.append(
+                f"| {dataset} | pca / knn (reference) | {NA} | {NA} | {cell([ref], 'r2_pca', '.3f')} | {NA} "
+                f"| {cell([ref], 'recon_rmse', '.3f')} | {cell([ref], 'recon_es', '.3f')} "
+                f"| {cell([ref], 'recon_cov90', '.2f')} |"
+            )
+    return "\n".join(["### Samples, density and physics", "", *density, "", "### Latents", "", *latents])
+
+
+def gallery(dataset: str, data: Any, rows: list[dict[str, Any]], path: Path) -> None:
+    """One figure: the test data and every method's samples (seed 0); phi4: magnetisation histograms."""
+    shown = [r for r in rows if r.get("seed") == 0 and r.get("samples")]
+    test = data.raw["test"][:1000]
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.0 * (len(shown) + 1), 3.0), squeeze=False)
+    panels = [("data (test)", test), *((r["method"], torch.tensor(r["samples"])) for r in shown)]
+    for ax, (title, x) in zip(axes[0], panels):
+        if dataset == "phi4":
+            bins = torch.linspace(-3, 3, 31).tolist()
+            ax.hist(magnetisation(test.double()).numpy(), bins=bins, density=True, histtype="step", color="k")
+            ax.hist(magnetisation(x.double()).numpy(), bins=bins, density=True, alpha=0.5)
+            ax.set_xlabel("magnetisation M")
+        else:
+            ax.scatter(test[:, 0], test[:, 1], s=2, c="0.8", rasterized=True)
+            ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, rasterized=True)
+            ax.set_xlabel("x1")
+            ax.set_ylabel("x2")
+        ax.set_title(title)
+    fig.suptitle(f"{dataset}: samples of each method (seed 0) over the test data")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,151 @@
+"""The scores of ``benchmarks/paper.py`` beyond what training's test logs: latents, reconstruction, physics.
+
+Every function takes a trained model (``inference.LoadedModel``), the run's own data module (raw splits in data
+units, the hidden truth in ``latents``) and the run's budget, and returns a dict of plain floats. Everything is on
+the test split, which training never saw; the hidden truth is read here and nowhere in training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lvebm_lightning.data.systems import GridDensity, Phi4, linear_gaussian_ml, magnetisation
+from lvebm_lightning.inference import LoadedModel, infer, reconstruct, sample
+from lvebm_lightning.metrics import choose_box, elbo, log_marginal
+from lvebm_lightning.metrics.fitted_encoder import encoder_bounds, fit_encoder
+from lvebm_lightning.metrics.physical import covariance_error, free_energy_spread, histogram_tv, tv_floor, two_point_z
+from lvebm_lightning.metrics.reconstruction import central_coverage, cv_knn_r2, energy_score, knn_predict
+
+MAG_RANGE = (-3.0, 3.0)
+"""Bins of the phi4 magnetisation histogram (the ordered modes sit near +-1.45)."""
+
+
+def truth(data: Any, x: Tensor) -> Tensor | None:
+    """The hidden variables a latent should carry, ``[B, m]``, for test rows x: pendulum (energy, cos phase,
+    sin phase); phi4 the sign of the magnetisation; None elsewhere."""
+    if data.name == "pendulum":
+        h, phase = data.latents["test"][: len(x), 0], data.latents["test"][: len(x), 1]
+        return torch.stack([h, phase.cos(), phase.sin()], dim=1).double()
+    if data.name == "phi4":
+        return magnetisation(x.double()).sign().unsqueeze(1)
+    return None
+
+
+def principal_components(train: Tensor, x: Tensor, k: int) -> Tensor:
+    """x projected on the first k principal components of the training data, ``[B, k]``."""
+    centred = train.double() - train.double().mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return (x.double() - train.double().mean(0)) @ v[:k].T
+
+
+def reference_scores(data: Any, budget: Any, hidden: list[int] | None, dz: int) -> dict[str, float]:
+    """Per dataset, method-free references: the PCA probe of the hidden truth and the k-NN reconstruction."""
+    out: dict[str, float] = {}
+    train, test = data.raw["train"], data.raw["test"]
+    x = test[: budget.n_probe]
+    target = truth(data, x)
+    if target is not None:
+        out["r2_pca"] = float(cv_knn_r2(principal_components(train, x, max(dz, 1)), target)[0])
+    if hidden:
+        out.update(knn_reconstruction(train, test[: budget.n_recon], hidden, budget.recon_samples))
+    return out
+
+
+def knn_reconstruction(train: Tensor, test: Tensor, hidden: list[int], n_samples: int) -> dict[str, float]:
+    """The k-NN regression from observed to hidden coordinates fitted on training data: RMSE of the mean of the
+    10 nearest neighbours, and ES / 90% coverage of the hidden values of the ``n_samples`` nearest as samples."""
+    observed = [j for j in range(train.shape[1]) if j not in hidden]
+    tr_o, tr_h = train[:, observed].double(), train[:, hidden].double()
+    mean = knn_predict(tr_o, tr_h, test[:, observed].double(), k=10)
+    scale = tr_o.std(0)
+    nearest = torch.cdist(test[:, observed].double() / scale, tr_o / scale).topk(n_samples, largest=False).indices
+    return recon_scores(tr_h[nearest], mean, test[:, hidden].double())
+
+
+def recon_scores(samples: Tensor, mean: Tensor, target: Tensor) -> dict[str, float]:
+    """RMSE of ``mean`` ``[B, h]``, mean energy score and 90% central coverage of ``samples`` ``[B, S, h]``."""
+    return {
+        "recon_rmse": float(((mean - target) ** 2).mean().sqrt()),
+        "recon_es": float(energy_score(samples, target).mean()),
+        "recon_cov90": float(central_coverage(samples, target, 0.9)),
+    }
+
+
+def latent_scores(model: LoadedModel, data: Any, budget: Any, seed: int) -> dict[str, float]:
+    """Posterior of the test data by K fresh chains: the particle ELBO against a Gaussian encoder fitted to the
+    same frozen energy (their difference needs no log Z), and the k-NN probe of the hidden truth."""
+    module, out = model.module, {}
+    x = data.raw["test"][: budget.n_probe]
+    x_std = module.to_standard_units(x)
+    z = torch.from_numpy(infer(model, x, budget.n_particles, n_steps=budget.chain_steps, seed=seed))
+    gen = torch.Generator().manual_seed(seed)
+    particle = elbo(module.energy, x_std, z, 0.0, budget.elbo_samples, gen).elbo
+    train_std = module.to_standard_units(data.raw["train"][: budget.encoder_data])
+    fitted = fit_encoder(module.energy, train_std, model.dz, max_steps=budget.encoder_steps, generator=gen)
+    encoder, _ = encoder_bounds(module.energy, fitted.encoder, x_std, 0.0, budget.elbo_samples, gen)
+    gap = particle - encoder
+    out.update(elbo_gain=float(gap.mean()), elbo_gain_se=float(gap.std() / math.sqrt(len(gap))))
+    target = truth(data, x)
+    if target is not None:
+        out["r2_posterior"] = float(cv_knn_r2(z.mean(1), target)[0])
+        if getattr(module.posterior, "trainable", False):
+            with torch.no_grad():
+                mu, _ = module.posterior(x_std)
+            out["r2_encoder"] = float(cv_knn_r2(mu, target)[0])
+    return out
+
+
+def reconstruction_scores(model: LoadedModel, data: Any, budget: Any, hidden: list[int], seed: int) -> dict[str, float]:
+    """Conditional samples of the hidden coordinates of test data given the rest (``inference.reconstruct``)."""
+    test = data.raw["test"][: budget.n_recon]
+    partial = test.numpy().copy()
+    partial[:, hidden] = np.nan
+    out = reconstruct(model, partial, budget.recon_samples, n_steps=budget.chain_steps, seed=seed)
+    samples = torch.from_numpy(out["samples"][:, :, hidden]).double()
+    return recon_scores(samples, torch.from_numpy(out["mean"][:, hidden]).double(), test[:, hidden].double())
+
+
+def model_log_density(model: LoadedModel, x: Tensor, seed: int) -> Tensor:
+    """log p_model(x) up to a constant ``[B]`` (standardised units: the Jacobian is a constant too), the latent
+    integrated out by quadrature on a box around the model's own z samples (dz <= 2)."""
+    module = model.module
+    x_std = module.to_standard_units(x)
+    if model.dz == 0:
+        return log_marginal(module.energy, x_std, 0, torch.empty(0), torch.empty(0))
+    _, z = sample(model, 1000, pairs=True, seed=seed)
+    lo, hi = choose_box(torch.from_numpy(z).double(), margin=0.5)
+    return log_marginal(module.energy, x_std, model.dz, lo.float(), hi.float(), 256 if model.dz == 1 else 48)
+
+
+def physics_scores(
+    data: Any, x_model: Tensor, log_p_model: Tensor | None, budget: Any,
+) -> dict[str, float]:
+    """The physical comparisons of model samples ``[n, dx]`` (data units) with the test data: the free-energy
+    spread (Boltzmann systems, given log p_model of the first n_probe test rows), and per system its observable."""
+    system, out = data.system, {}
+    test, train = data.raw["test"], data.raw["train"]
+    if log_p_model is not None and isinstance(system, (GridDensity, Phi4)):
+        x = test[: len(log_p_model)]
+        out["fe_spread"] = float(free_energy_spread(log_p_model, -system.energy(x.double())))
+    n = min(len(x_model), len(test))
+    if data.name == "phi4":
+        m_model, m_data = magnetisation(x_model[:n].double()), magnetisation(test[:n].double())
+        out["mag_tv"] = float(histogram_tv(m_model, m_data, *MAG_RANGE))
+        out["mag_tv_floor"] = float(tv_floor(m_model, m_data, *MAG_RANGE))
+        out["positive_share"] = float((m_model > 0).double().mean())
+        out["g_z"] = float(two_point_z(x_model[:n], test[:n])[0])
+    elif data.name == "pendulum":
+        e_model = system.trajectory_energy(x_model[:n].double()).sort().values
+        e_data = system.trajectory_energy(test[:n].double()).sort().values
+        e_ref = system.trajectory_energy(train[:n].double()).sort().values
+        out["energy_w1_ratio"] = float((e_model - e_data).abs().mean() / (e_ref - e_data).abs().mean())
+    elif data.name == "linear_gaussian":
+        cov = torch.from_numpy(linear_gaussian_ml(train.numpy()).cov)
+        out["cov_error"] = float(covariance_error(x_model[:n], cov))
+        out["cov_error_floor"] = float(covariance_error(train[:n], cov))
+    return out

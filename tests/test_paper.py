@@ -1,0 +1,67 @@
+"""``benchmarks/paper.py --quick``: every method on every dataset through every score, on tiny budgets.
+
+The numbers of a 40-step run mean nothing; what is checked is that each score the table promises for a
+(dataset, method) exists and is finite, that the table has no missing or NaN cell where a score applies, and that
+every dataset has its gallery. The metrics themselves are tested against analytic answers elsewhere
+(test_reconstruction, test_fitted_encoder, test_physical_metrics, test_metrics_*).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ["double_well", "mueller_brown", "oscillator", "lorenz63", "pendulum", "phi4", "linear_gaussian"]
+EBM = ["persistent", "short_run", "amortised", "no_latent"]
+LATENT = ["persistent", "short_run", "amortised"]
+BOLTZMANN = {"double_well", "mueller_brown", "oscillator", "phi4", "linear_gaussian"}
+EXACT_NLL = {"double_well", "mueller_brown", "oscillator", "linear_gaussian"}
+OBSERVABLES = {"phi4": ["mag_tv", "mag_tv_floor", "g_z"], "pendulum": ["energy_w1_ratio"],
+               "linear_gaussian": ["cov_error", "cov_error_floor"]}
+RECON = {"lorenz63", "pendulum", "phi4"}
+RECON_KEYS = ["recon_rmse", "recon_es", "recon_cov90"]
+
+
+def expected_keys(dataset: str, method: str) -> list[str]:
+    keys = ["train_s", "w2_ratio", *OBSERVABLES.get(dataset, [])]
+    keys += ["fe_spread"] if dataset in BOLTZMANN else []
+    keys += ["nll_gap"] if dataset in EXACT_NLL else []
+    if method in LATENT:
+        keys += ["elbo_gain", "elbo"]
+        if dataset in {"pendulum", "phi4"}:
+            keys += ["r2_posterior"] + (["r2_encoder"] if method == "amortised" else [])
+    if method in EBM and dataset in RECON:
+        keys += RECON_KEYS
+    return keys
+
+
+@pytest.mark.slow
+def test_quick_paper_table_fills_every_cell(tmp_path: Path) -> None:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=1500,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "rows.json").read_text())
+    rows = {(r["dataset"], r["method"]): r for r in report["rows"]}
+    assert set(rows) == {(d, m) for d in DATASETS for m in [*EBM, "flow"]}
+    for (dataset, method), row in rows.items():
+        assert row["status"] == "ok", (dataset, method, row["status"])
+        for key in expected_keys(dataset, method):
+            value = row.get(key)
+            assert isinstance(value, float) and math.isfinite(value), (dataset, method, key, value)
+    for dataset in RECON:
+        assert all(math.isfinite(report["references"][dataset][k]) for k in RECON_KEYS), dataset
+    for dataset in ("pendulum", "phi4"):
+        assert math.isfinite(report["references"][dataset]["r2_pca"])
+    table = (tmp_path / "table.md").read_text()
+    assert "nan" not in table and "finite)" not in table
+    assert all((tmp_path / f"gallery_{d}.png").stat().st_size > 10_000 for d in DATASETS)
