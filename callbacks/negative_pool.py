@@ -4,8 +4,15 @@ The pool is split across ranks (rank r holds rows r, r + W, r + 2W, ... of the M
 batches, its re-initialisations and its Langevin noise from its own generator seeded from (seed, rank). The
 module asks for a batch (``draw``), moves it with the joint Langevin kernel and writes it back (``write``). A
 fraction rho (``reinit_prob``) of every drawn batch is re-initialised from N(0, init_scale^2 I) first, which
-keeps the pool from collapsing onto a few modes. A checkpoint holds the whole pool and every rank's generator
-state; loading it under another number of ranks re-splits the pool and re-seeds the generators (logged).
+keeps the pool from collapsing onto a few modes.
+
+Batches are consecutive slices of one random permutation of the rank's M_r rows, re-drawn only when fewer than B
+rows of it are left (the last M_r mod B rows of each permutation are skipped): rows are distinct within a batch,
+every row is equally likely, and a step costs O(B), the O(M_r) permutation amortised over floor(M_r / B) steps.
+
+A checkpoint holds the whole pool, every rank's generator state and every rank's permutation and position in it;
+loading it under another number of ranks re-splits the pool, re-seeds the generators and starts fresh
+permutations (logged).
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from lvebm_lightning.distributed import distributed
 from lvebm_lightning.particles import gather_rows, shard_indices
 from lvebm_lightning.seeding import STREAM_POOL, gather_generator_states, make_generator, restore_generator
 
@@ -38,6 +47,8 @@ class NegativePool(pl.Callback):
         self.pool: Tensor | None = None  # this rank's rows [M_r, dx + dz]
         self.owned: Tensor | None = None
         self.generator: torch.Generator | None = None
+        self.order = torch.empty(0, dtype=torch.long)  # a permutation of this rank's rows; draws walk through it
+        self.cursor = 0  # where the next batch starts in ``order``
         self._pending: dict[str, Any] | None = None
         self._trainer: pl.Trainer | None = None
 
@@ -66,6 +77,7 @@ class NegativePool(pl.Callback):
         self.owned = shard_indices(self.pool_size, rank, world_size)
         self.generator = make_generator(device, pl_module.seed, rank, STREAM_POOL)
         self.pool = self.init_scale * torch.randn(len(self.owned), dim, generator=self.generator, device=device)
+        self.order, self.cursor = torch.empty(0, dtype=torch.long, device=device), 0  # permuted at the first draw
         if self._pending is None:
             return
         full = self._pending["pool"]
@@ -78,9 +90,12 @@ class NegativePool(pl.Callback):
         self.pool = full[self.owned].to(device).clone()
         self.generator = restore_generator(
             self.generator, self._pending["generator_states"], pl_module.seed, rank, world_size, STREAM_POOL,
-            int(self._pending["step"]), "Negative pool saved under %d rank(s), resumed under %d: re-split the pool "
-            "and re-seeded the pool generators from (seed, rank, step).",
+            int(self._pending["step"]), "Negative pool saved under %d rank(s), resumed under %d: re-split the pool, "
+            "re-seeded the pool generators from (seed, rank, step) and started fresh draw orders.",
         )
+        orders = self._pending.get("orders", [])  # absent from checkpoints written before draws kept an order
+        if len(orders) == world_size:
+            self.order, self.cursor = orders[rank].to(device).clone(), int(self._pending["cursors"][rank])
         self._pending = None
 
     # -- what the module calls ------------------------------------------------------------------------------
@@ -89,7 +104,11 @@ class NegativePool(pl.Callback):
         re-initialised from the init distribution."""
         assert self.pool is not None and self.generator is not None, "NegativePool is not materialised"
         device = self.pool.device
-        idx = torch.randperm(self.pool.shape[0], generator=self.generator, device=device)[:batch_size]
+        if self.cursor + batch_size > self.order.shape[0]:
+            self.order = torch.randperm(self.pool.shape[0], generator=self.generator, device=device)
+            self.cursor = 0
+        idx = self.order[self.cursor : self.cursor + batch_size]
+        self.cursor += batch_size
         xz = self.pool[idx]
         fresh = self.init_scale * torch.randn(xz.shape, generator=self.generator, device=device)
         reinit = torch.rand(batch_size, 1, generator=self.generator, device=device) < self.reinit_prob
@@ -118,12 +137,25 @@ class NegativePool(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.pool is None:
             return {}
+        orders, cursors = gather_draw_orders(self.order, self.cursor)
         return {
             "pool": self.full().cpu(),
             "generator_states": gather_generator_states(self.generator),
+            "orders": orders,
+            "cursors": cursors,
             "step": self._trainer.global_step,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:
             self._pending = state_dict
+
+
+def gather_draw_orders(order: Tensor, cursor: int) -> tuple[list[Tensor], list[int]]:
+    """Every rank's draw permutation (local rows ``[M_r]``, empty before the first draw) and position in it, in
+    rank order (a collective; one entry each without a process group)."""
+    if not distributed():
+        return [order.cpu().clone()], [cursor]
+    items: list[tuple[list[int], int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(items, (order.tolist(), cursor))
+    return [torch.tensor(o, dtype=torch.long) for o, _ in items], [c for _, c in items]

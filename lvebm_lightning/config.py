@@ -162,6 +162,7 @@ def _number(cfg: DictConfig, key: str) -> float:
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first value in ``cfg`` that training cannot use."""
     from lvebm_lightning.data.systems import DATASETS
+    from lvebm_lightning.langevin_steps import STEPS
 
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -193,6 +194,12 @@ def validate(cfg: DictConfig) -> None:
             _positive(cfg, f"sampler.{system}.n_steps", int)
         if _get(cfg, f"sampler.{system}.grad_clip") is not None:
             _positive(cfg, f"sampler.{system}.grad_clip")
+        kernel = cfg.sampler[system].get("kernel")
+        if kernel is not None and (not isinstance(kernel, str) or kernel not in STEPS):
+            raise ConfigError(
+                f"unknown Langevin kernel sampler.{system}.kernel={kernel!r}; choose one of: {', '.join(sorted(STEPS))}"
+                f", or null (mala when sampler.{system}.metropolis=true, else ula), e.g. sampler.{system}.kernel=mala."
+            )
     _positive(cfg, "sampler.posterior.n_particles", int)
     _positive(cfg, "sampler.negative.pool_size", int)
     _positive(cfg, "sampler.negative.batch_size", int)

@@ -88,6 +88,11 @@ CASES: dict[str, Case] = {
                        r"sampler.negative.step_size must be a positive float, got 'small'"),
     "no_particles": (lambda t, r: ["sampler.posterior.n_particles=0"], ConfigError,
                      r"sampler.posterior.n_particles must be a positive int, got 0"),
+    "unknown_posterior_kernel": (lambda t, r: ["sampler.posterior.kernel=hmc"], ConfigError,
+                                 r"unknown Langevin kernel sampler.posterior.kernel='hmc'; choose one of: mala, ula, "
+                                 r"or null .*sampler.posterior.kernel=mala"),
+    "unknown_negative_kernel": (lambda t, r: ["sampler.negative.kernel=MALA"], ConfigError,
+                                r"unknown Langevin kernel sampler.negative.kernel='MALA'; choose one of: mala, ula"),
     "pool_smaller_than_batch": (lambda t, r: ["sampler.negative.pool_size=32"], ConfigError,
                                 r"pool_size=32 is smaller than the negative batch \(64 per rank x 1 rank"),
     "bad_policy": (lambda t, r: ["model.divergence.policy=ignore"], ConfigError,
@@ -150,6 +155,7 @@ def test_bad_input_fails_in_one_line_before_anything_is_written(case, tmp_path, 
     (["trainer=tpu"], "unknown trainer option 'tpu' (trainer=tpu); choose one of: cpu, ddp, ddp_cpu, default."),
     (["seed=[1"], "cannot parse the command line"),
     (["sampler.posterior.n_particles=0"], "sampler.posterior.n_particles must be a positive int, got 0"),
+    (["sampler.negative.kernel=hmc"], "unknown Langevin kernel sampler.negative.kernel='hmc'; choose one of: mala,"),
 ])
 def test_command_line_is_checked_before_hydra_starts(overrides, message):
     with pytest.raises(ConfigError) as info:

@@ -98,7 +98,8 @@ def test_kernel_names_and_metropolis_agree():
 @pytest.mark.parametrize("kernel", ["ula", "mala"])
 def test_compiled_chain_matches_eager_for_the_same_noise(kernel):
     """Compiled and eager chains of a conditional energy (a closure over x, as the posterior uses it), under
-    spectral norm with cached weights, agree to float tolerance; a second chain with new x does not recompile."""
+    spectral norm with cached weights, agree to float tolerance; a second chain with new x does not recompile.
+    T = 20: one eager step, three compiled blocks of 5 steps, then four one-step graphs."""
     net = _network(spectral_norm=True)
     for seed in (3, 4):
         gen = torch.Generator().manual_seed(seed)
@@ -117,6 +118,9 @@ def test_compiled_chain_matches_eager_for_the_same_noise(kernel):
         torch.testing.assert_close(z_c, z, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(acc_c, acc, rtol=0, atol=1.5 / (32 * 4))  # at most one flipped decision
     assert (kernel, "default") not in langevin_compiled._FAILED
+    assert langevin_compiled.BLOCK == 5 and {(kernel, "default", 5), (kernel, "default", 1)} <= set(
+        langevin_compiled._COMPILED
+    )
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning():

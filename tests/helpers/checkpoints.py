@@ -21,6 +21,7 @@ def training_state(path: Path) -> dict[str, Any]:
         "skipped_steps": ckpt["lvebm"]["skipped_steps"],
         "pool": pool["pool"],
         "pool_generators": pool["generator_states"],
+        "pool_orders": (pool["orders"], pool["cursors"]),
         "optimizer": ckpt["optimizer_states"],
         "scheduler": ckpt["lr_schedulers"],
         "data_order": ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"],
