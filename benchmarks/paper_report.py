@@ -76,8 +76,9 @@ def tables(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> str:
         if method != "flow":
             latents.append(
                 f"| {dataset} | {method} | {cell(ok, 'elbo_gain', '.3f', 'elbo_gain_se')} | {cell(ok, 'elbo', '.3f')} "
-                f"| {cell(ok, 'r2_posterior', '.3f')} | {cell(ok, 'r2_encoder', '.3f')} | {cell(ok, 'recon_rmse', '.3f')} "
-                f"| {cell(ok, 'recon_es', '.3f')} | {cell(ok, 'recon_cov90', '.2f')} |"
+                f"| {cell(ok, 'r2_posterior', '.3f')} | {cell(ok, 'r2_encoder', '.3f')} "
+                f"| {cell(ok, 'recon_rmse', '.3f')} | {cell(ok, 'recon_es', '.3f')} "
+                f"| {cell(ok, 'recon_cov90', '.2f')} |"
             )
     for dataset, ref in refs.items():
         if "r2_pca" in ref or "recon_rmse" in ref:
