@@ -29,7 +29,8 @@ the framework's defaults. The scores (``paper_scores``), all on the test split:
     train s         wall time of the training steps alone
 
 Runs are sequential in this process. Results go to ``--out``: ``table.md`` (the tables), ``rows.json`` (every
-run's numbers) and ``gallery_<dataset>.png``.
+run's numbers; ``rows.partial.json`` while it runs, so that an interrupted run keeps what it finished) and
+``gallery_<dataset>.png``.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def main() -> None:
     for row in rows:
         row.pop("samples", None)
     (out / "rows.json").write_text(json.dumps({"budget": asdict(budget), "rows": rows, "references": refs}, indent=1))
+    (out / "rows.partial.json").unlink(missing_ok=True)
     print(text)
 
 
@@ -234,6 +236,8 @@ def run_all(args: argparse.Namespace, budget: Budget, runs: Path) -> tuple[list[
                 else:
                     row = ebm_run(dataset, method, seed, budget, args.overrides, run_dir)
                 rows.append({"dataset": dataset, "method": method, "seed": seed, **row})
+                partial = [{k: v for k, v in r.items() if k != "samples"} for r in rows]  # kept if interrupted
+                (out / "rows.partial.json").write_text(json.dumps({"budget": asdict(budget), "rows": partial}))
                 print(f"[{time.perf_counter() - start:7.0f} s] {dataset:15s} {method:10s} seed {seed}: "
                       f"{row['status']} ({time.perf_counter() - t0:.0f} s)", flush=True)
             if seed == 0:
