@@ -122,6 +122,11 @@ def model_log_density(model: LoadedModel, x: Tensor, seed: int) -> Tensor:
     return log_marginal(module.energy, x_std, model.dz, lo.float(), hi.float(), 256 if model.dz == 1 else 48)
 
 
+def is_boltzmann(data: Any) -> bool:
+    """Whether the system's true density is known up to Z (the free-energy spread applies)."""
+    return isinstance(data.system, (GridDensity, Phi4))
+
+
 def physics_scores(
     data: Any, x_model: Tensor, log_p_model: Tensor | None, budget: Any,
 ) -> dict[str, float]:
@@ -129,7 +134,7 @@ def physics_scores(
     spread (Boltzmann systems, given log p_model of the first n_probe test rows), and per system its observable."""
     system, out = data.system, {}
     test, train = data.raw["test"], data.raw["train"]
-    if log_p_model is not None and isinstance(system, (GridDensity, Phi4)):
+    if log_p_model is not None and is_boltzmann(data):
         x = test[: len(log_p_model)]
         out["fe_spread"] = float(free_energy_spread(log_p_model, -system.energy(x.double())))
     n = min(len(x_model), len(test))
