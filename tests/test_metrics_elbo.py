@@ -19,6 +19,7 @@ from lvebm_lightning.metrics import (
     mixture_log_prob,
     mixture_sample,
 )
+from lvebm_lightning.metrics.elbo import kernel_mixture_log_prob
 
 DX, DZ, NOISE_SD = 3, 2, 0.5
 _weights_generator = torch.Generator().manual_seed(0)
@@ -131,3 +132,59 @@ def test_bandwidths_come_from_the_candidates() -> None:
         linear_gaussian_energy, x, posterior_mean.unsqueeze(1), LOG_Z_LINEAR, 16, generator, candidates
     )
     assert bool(torch.isin(result.bandwidth, candidates).all())
+
+
+def _tilted_posterior_problem(n_data: int, n_particles: int, generator: torch.Generator):
+    """x = A z + N(0, 0.05^2 I) with A of rank one along a tilted direction: the posterior z | x is Gaussian,
+    20x narrower across that direction than along it. Returns the energy, x, exact log p(x), exact posterior
+    draws [B, K, 2] and log Z."""
+    angle = math.pi / 5
+    direction = torch.tensor([[math.cos(angle), math.sin(angle)]], dtype=torch.float64)
+    loading = torch.cat([direction, torch.zeros(1, 2, dtype=torch.float64)])  # [dx = 2, dz = 2], rank one
+    sd = 0.05
+
+    def energy(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * z.pow(2).sum(-1) + (x - z @ loading.T).pow(2).sum(-1) / (2 * sd**2)
+
+    z = torch.randn(n_data, 2, generator=generator, dtype=torch.float64)
+    x = z @ loading.T + sd * torch.randn(n_data, 2, generator=generator, dtype=torch.float64)
+    precision = torch.eye(2, dtype=torch.float64) + loading.T @ loading / sd**2
+    cov = torch.linalg.inv(precision)
+    mean = x @ loading / sd**2 @ cov
+    draws = mean.unsqueeze(1) + torch.randn(n_data, n_particles, 2, generator=generator, dtype=torch.float64) @ (
+        torch.linalg.cholesky(cov).T
+    )
+    marginal = loading @ loading.T + sd**2 * torch.eye(2, dtype=torch.float64)
+    log_p = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), marginal).log_prob(x)
+    log_z = math.log(2 * math.pi) + math.log(2 * math.pi * sd**2)
+    return energy, x, log_p, draws, log_z
+
+
+def test_kernel_mixture_log_prob_is_a_normalised_density_and_reduces_to_the_isotropic_one() -> None:
+    generator = torch.Generator().manual_seed(6)
+    centres = torch.randn(1, 3, 2, generator=generator, dtype=torch.float64)
+    scale = torch.tensor([[[0.6, 0.0], [0.4, 0.2]]], dtype=torch.float64)
+    lo, hi = torch.tensor([-8.0, -8.0], dtype=torch.float64), torch.tensor([8.0, 8.0], dtype=torch.float64)
+    grid, log_cell = make_grid(lo, hi, 400)
+    log_q = kernel_mixture_log_prob(centres, scale, grid.unsqueeze(0))
+    assert abs(float((log_q + log_cell).logsumexp(dim=-1)) - 0.0) < 1e-6
+    s = torch.tensor([0.7], dtype=torch.float64)
+    iso = kernel_mixture_log_prob(centres, 0.7 * torch.eye(2, dtype=torch.float64).unsqueeze(0), grid[:50].unsqueeze(0))
+    assert torch.allclose(iso, mixture_log_prob(centres, s, grid[:50].unsqueeze(0)), atol=1e-10)
+
+
+def test_shaped_kernels_tighten_the_elbo_of_a_thin_tilted_posterior() -> None:
+    """Isotropic kernels on K = 16 exact draws cannot cover a tilted 20:1 cloud; the covariance-shaped ones can.
+    With the moment-matched Gaussian among the candidates, the gap to log p(x) is that of a Gaussian estimated
+    from 16 draws, E[KL] ~ (dz + dz (dz + 1) / 2) / (2 K) = 5 / 32 nats, against about a nat for the isotropic
+    kernels (measured 1.10 and 0.17 on this seed); both stay below log p(x) within Monte-Carlo error."""
+    energy, x, log_p, draws, log_z = _tilted_posterior_problem(200, 16, torch.Generator().manual_seed(7))
+    iso = elbo(energy, x, draws, log_z, 64, torch.Generator().manual_seed(8), shaped=False)
+    shaped = elbo(energy, x, draws, log_z, 64, torch.Generator().manual_seed(8))
+    for result in (iso, shaped):
+        assert float((result.elbo - log_p).mean()) <= _mc_tolerance(result.elbo_std_err)
+        assert float((result.iw_bound - log_p).mean()) <= _mc_tolerance(result.elbo_std_err)
+    gap_iso, gap_shaped = float((log_p - iso.elbo).mean()), float((log_p - shaped.elbo).mean())
+    assert gap_shaped < 2 * 5 / 32
+    assert gap_iso > 3 * gap_shaped
+    assert float(shaped.shaped.double().mean()) > 0.9 and not bool(iso.shaped.any())

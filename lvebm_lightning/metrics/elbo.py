@@ -1,21 +1,30 @@
 """Evidence lower bounds from each datum's latent particles, through a particle-mixture posterior.
 
-For datum x_i with particles z_i^k (k = 1..K), the density
+For datum x_i with particles z_i^k (k = 1..K), mean m_i and covariance C_i, q_i is a Gaussian mixture with one
+component per particle and a common scale matrix M_i (lower triangular):
 
-    q_i(z) = (1/K) sum_k N(z; z_i^k, s_i^2 I)
+    q_i(z) = (1/K) sum_k N(z; c_i^k, M_i M_i^T),    c_i^k = m_i + a (z_i^k - m_i).
 
-is a real, normalised density, so for any bandwidth s_i > 0 and with log w(z) = -E(x_i, z) - log q_i(z):
+Two shapes of kernel, each a real, normalised density, so any choice gives a valid bound:
+- isotropic (the kernel density estimate): a = 1, M_i = s I;
+- shaped by the particles' covariance, C_i = L_i L_i^T: M_i = s L_i, with a = 1 (a KDE whose kernel follows the
+  particle cloud) or a < 1 with s = sqrt(1 - a^2), centres shrunk towards the mean so that q_i keeps the particles'
+  covariance; a = 0 is the Gaussian fitted to the particles by moments. A thin, tilted or anisotropic cloud (a
+  latent that is well determined in one direction and not in another) is poorly covered by isotropic kernels of
+  K points: their ELBO then measures the kernel, not the posterior.
+With log w(z) = -E(x_i, z) - log q_i(z):
 
     ELBO_i     = E_{q_i}[log w(z)] - log Z                          <= log p(x_i)
     IW_i(S)    = E_{z_1..S ~ q_i}[log (1/S) sum_s w(z_s)] - log Z    in [ELBO_i, log p(x_i)], rising with S.
 
-Bandwidth rule. Any s_i gives a valid bound, so s_i is chosen to make it tight: per datum, the candidate
-bandwidths (a log-spaced grid, plus Silverman's rule on the particle spread when K >= 2) are scored by the
-ELBO estimated on one set of S samples, drawn once and shared by all candidates (common random numbers:
-z = z_i^{k_s} + s eps_s) so that the comparison is not swamped by sampling noise, and the best one is kept.
-Maximising a noisy estimate over candidates biases that estimate upward, so the reported ELBO and IW bound
-are estimated on fresh, independent samples from the chosen q_i: given the choice, they are unbiased
-(ELBO) or downward-biased (IW) estimates of bounds on log p(x_i).
+Kernel rule. Any kernel gives a valid bound, so it is chosen to make the bound tight: per datum, the candidates
+(isotropic: a log-spaced grid of s, plus Silverman's rule on the particle spread when K >= 2; shaped, when K >= 2:
+a = 1 with s = {0.5, 1, 2} x Silverman's factor (4 / ((dz + 2) K))^(1 / (dz + 4)), and a = 0.8, 0.6, 0.4, 0 with
+s = sqrt(1 - a^2)) are scored by the ELBO estimated on one set of S samples, drawn once and shared by all
+candidates (common random numbers: z = c_i^{k_s} + M_i eps_s) so that the comparison is not swamped by sampling
+noise, and the best one is kept. Maximising a noisy estimate over candidates biases that estimate upward, so the
+reported ELBO and IW bound are estimated on fresh, independent samples from the chosen q_i: given the choice,
+they are unbiased (ELBO) or downward-biased (IW) estimates of bounds on log p(x_i).
 """
 
 import math
@@ -30,15 +39,18 @@ from lvebm_lightning.metrics.quadrature import batched_energy
 
 @dataclass
 class ElboResult:
-    """Per-datum bounds on log p(x) ([B] float64 tensors) and the bandwidths s_i [B] that define q_i.
+    """Per-datum bounds on log p(x) ([B] float64 tensors) and the kernel that defines q_i (module docstring).
 
-    `elbo_std_err` is the Monte-Carlo standard error of `elbo`: std_s(log w) / sqrt(S).
+    `elbo_std_err` is the Monte-Carlo standard error of `elbo`: std_s(log w) / sqrt(S). `bandwidth` is s_i,
+    `shaped` [B] bool whether M_i = s_i L_i (else s_i I), `shrink` the centres' factor a_i (1: the particles).
     """
 
     elbo: Tensor
     iw_bound: Tensor
     elbo_std_err: Tensor
     bandwidth: Tensor
+    shaped: Tensor
+    shrink: Tensor
 
 
 def default_bandwidths() -> Tensor:
@@ -99,15 +111,72 @@ def mixture_log_prob(z_particles: Tensor, s: Tensor, z_query: Tensor) -> Tensor:
     return log_kernel - math.log(n_particles) - 0.5 * dz * torch.log(2 * math.pi * s**2)
 
 
+def particle_cholesky(z_particles: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean m_i [B, dz] and Cholesky factor L_i [B, dz, dz] of the particles' covariance (divisor K - 1, K >= 2),
+    with a ridge of 1e-6 of its mean variance (plus 1e-12) so that coinciding or collinear particles still
+    give a proper density. float64."""
+    z = z_particles.to(torch.float64)
+    _, n_particles, dz = z.shape
+    mean = z.mean(dim=1)
+    centred = z - mean.unsqueeze(1)
+    cov = centred.transpose(1, 2) @ centred / (n_particles - 1)
+    ridge = 1e-6 * cov.diagonal(dim1=1, dim2=2).mean(-1) + 1e-12
+    eye = torch.eye(dz, dtype=torch.float64, device=z.device)
+    return mean, torch.linalg.cholesky(cov + ridge.view(-1, 1, 1) * eye)
+
+
+def kernel_mixture_log_prob(centres: Tensor, scale_tril: Tensor, z_query: Tensor) -> Tensor:
+    """log q_i(z) [B, S] at z_query [B, S, dz] of q_i = (1/K) sum_k N(c_i^k, M_i M_i^T), for centres [B, K, dz]
+    and lower-triangular M_i [B, dz, dz]; float64."""
+    centres, z_query, scale_tril = (t.to(torch.float64) for t in (centres, z_query, scale_tril))
+    _, n_particles, dz = centres.shape
+    diff = z_query.unsqueeze(2) - centres.unsqueeze(1)  # [B, S, K, dz]
+    inverse = torch.linalg.solve_triangular(
+        scale_tril, torch.eye(dz, dtype=torch.float64, device=centres.device).expand_as(scale_tril), upper=False
+    )
+    white = torch.einsum("bij,bskj->bski", inverse, diff)
+    log_det = scale_tril.diagonal(dim1=1, dim2=2).abs().log().sum(-1)  # [B]
+    log_kernel = (-0.5 * white.pow(2).sum(-1)).logsumexp(dim=-1)
+    return log_kernel - math.log(n_particles) - 0.5 * dz * math.log(2 * math.pi) - log_det.unsqueeze(-1)
+
+
+@dataclass
+class _Kernel:
+    """One candidate q_i per datum: centres [B, K, dz], scale M_i [B, dz, dz], and its description."""
+
+    centres: Tensor
+    scale_tril: Tensor
+    bandwidth: Tensor
+    shaped: bool
+    shrink: float
+
+
+def _candidates(z_particles: Tensor, grid: Tensor, shaped: bool) -> list[_Kernel]:
+    n_data, n_particles, dz = z_particles.shape
+    eye = torch.eye(dz, dtype=torch.float64, device=z_particles.device).expand(n_data, dz, dz)
+    scales = list(grid.to(z_particles.device).expand(n_data, -1).unbind(-1))
+    if n_particles >= 2:
+        scales.append(silverman_bandwidth(z_particles).clamp_min(float(grid.min())))
+    out = [_Kernel(z_particles, s.view(-1, 1, 1) * eye, s, False, 1.0) for s in scales]
+    if shaped and n_particles >= 2:
+        mean, chol = particle_cholesky(z_particles)
+        factor = (4.0 / ((dz + 2) * n_particles)) ** (1.0 / (dz + 4))
+        pairs = [(1.0, f * factor) for f in (0.5, 1.0, 2.0)] + [(a, math.sqrt(1 - a * a)) for a in (0.8, 0.6, 0.4, 0.0)]
+        for a, scale in pairs:
+            centres = mean.unsqueeze(1) + a * (z_particles - mean.unsqueeze(1))
+            out.append(_Kernel(centres, scale * chol, torch.full_like(mean[:, 0], scale), True, a))
+    return out
+
+
 def _log_weights(
-    energy: Energy, x: Tensor, z_particles: Tensor, s: Tensor, z: Tensor, batch_size: int
+    energy: Energy, x: Tensor, centres: Tensor, scale_tril: Tensor, z: Tensor, batch_size: int
 ) -> Tensor:
     """log w = -E(x_i, z_is) - log q_i(z_is) [B, S] (float64) for samples z [B, S, dz] from q_i."""
     n_data, n_samples, dz = z.shape
     x_pairs = x.repeat_interleave(n_samples, dim=0)
     z_pairs = z.reshape(n_data * n_samples, dz).to(x.dtype)
     neg_energy = -batched_energy(energy, x_pairs, z_pairs, batch_size).view(n_data, n_samples)
-    return neg_energy - mixture_log_prob(z_particles, s, z)
+    return neg_energy - kernel_mixture_log_prob(centres, scale_tril, z)
 
 
 def elbo(
@@ -119,42 +188,55 @@ def elbo(
     generator: torch.Generator | None = None,
     bandwidths: Tensor | None = None,
     batch_size: int = 65536,
+    shaped: bool = True,
 ) -> ElboResult:
     """ELBO and importance-weighted bound on log p(x_i) for x [B, dx] from particles z_particles [B, K, dz].
 
-    q_i is the particle mixture with bandwidth s_i chosen per datum from `bandwidths` ([C], default
-    `default_bandwidths()`) plus Silverman's value when K >= 2, by the ELBO on one set of S = `n_samples`
-    samples; the returned bounds use S fresh samples (see the module docstring). `log_z` is log Z of the
-    joint density (quadrature or AIS; with AIS the bounds inherit its upward bias). Energies are evaluated
-    without autograd, `batch_size` (x, z) pairs at a time: (C + 2) B S evaluations in all.
+    q_i is the particle mixture whose kernel is chosen per datum (module docstring) among the isotropic ones
+    with s in `bandwidths` ([C], default `default_bandwidths()`) plus Silverman's value when K >= 2, and, when
+    `shaped` and K >= 2, the seven kernels shaped by the particles' covariance, by the ELBO on one set of
+    S = `n_samples` samples; the returned bounds use S fresh samples. `log_z` is log Z of the joint density
+    (quadrature or AIS; with AIS the bounds inherit its upward bias). Energies are evaluated without autograd,
+    `batch_size` (x, z) pairs at a time: (C + 2 + 7) B S evaluations in all (C + 1 + 1 without the shaped ones).
     """
     if z_particles.ndim != 3 or z_particles.shape[0] != x.shape[0]:
         raise ValueError(
             f"z_particles must be [B, K, dz] with B = {x.shape[0]} rows of x, got {tuple(z_particles.shape)}"
         )
-    n_data, n_particles, _ = z_particles.shape
+    n_data, n_particles, dz = z_particles.shape
     z_particles = z_particles.to(torch.float64)
     grid = default_bandwidths() if bandwidths is None else bandwidths.to(torch.float64)
-    candidates = grid.to(x.device).expand(n_data, -1)
-    if n_particles >= 2:
-        silverman = silverman_bandwidth(z_particles).clamp_min(float(grid.min())).unsqueeze(-1)
-        candidates = torch.cat([candidates, silverman], dim=-1)
+    kernels = _candidates(z_particles, grid, shaped)
 
-    centres, noise = _draw_standard(z_particles, n_samples, generator)
-    selection_elbo = torch.stack(
-        [
-            _log_weights(energy, x, z_particles, s, centres + s.view(-1, 1, 1) * noise, batch_size).mean(1)
-            for s in candidates.unbind(dim=-1)
-        ],
-        dim=-1,
-    )
-    bandwidth = candidates.gather(1, selection_elbo.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    component = torch.randint(n_particles, (n_data, n_samples), generator=generator, device=z_particles.device)
+    index = component.unsqueeze(-1).expand(-1, -1, dz)
+    noise = torch.randn(n_data, n_samples, dz, generator=generator, device=z_particles.device, dtype=torch.float64)
+    scores = []
+    for k in kernels:
+        z = torch.gather(k.centres, 1, index) + noise @ k.scale_tril.transpose(1, 2)
+        scores.append(_log_weights(energy, x, k.centres, k.scale_tril, z, batch_size).mean(1))
+    best = torch.stack(scores, dim=-1).argmax(dim=-1)  # [B]
 
-    z = mixture_sample(z_particles, bandwidth, n_samples, generator)
-    log_w = _log_weights(energy, x, z_particles, bandwidth, z, batch_size)
+    def pick(values: list[Tensor]) -> Tensor:
+        stacked = torch.stack(values, dim=1)  # [B, C, ...]
+        return stacked[torch.arange(n_data, device=stacked.device), best]
+
+    centres = pick([k.centres for k in kernels])
+    scale_tril = pick([k.scale_tril for k in kernels])
+    device = z_particles.device
+    bandwidth = pick([k.bandwidth for k in kernels])
+    is_shaped = torch.tensor([k.shaped for k in kernels], device=device)[best]
+    shrink = torch.tensor([k.shrink for k in kernels], dtype=torch.float64, device=device)[best]
+
+    component = torch.randint(n_particles, (n_data, n_samples), generator=generator, device=device)
+    noise = torch.randn(n_data, n_samples, dz, generator=generator, device=device, dtype=torch.float64)
+    z = torch.gather(centres, 1, component.unsqueeze(-1).expand(-1, -1, dz)) + noise @ scale_tril.transpose(1, 2)
+    log_w = _log_weights(energy, x, centres, scale_tril, z, batch_size)
     return ElboResult(
         elbo=log_w.mean(dim=1) - log_z,
         iw_bound=log_w.logsumexp(dim=1) - math.log(n_samples) - log_z,
         elbo_std_err=log_w.std(dim=1) / math.sqrt(n_samples),
         bandwidth=bandwidth,
+        shaped=is_shaped,
+        shrink=shrink,
     )
