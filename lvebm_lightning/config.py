@@ -223,8 +223,8 @@ def validate(cfg: DictConfig) -> None:
         if int(cfg.model.dz) < 1:
             raise ConfigError("sampler=amortised needs latents: set model.dz >= 1 (or use another sampler).")
         encoder = cfg.sampler.posterior.get("encoder") or {}
-        for key, kind in (("width", int), ("depth", int), ("lr", float)):
-            if key in encoder:
+        for key, kind in (("width", int), ("depth", int), ("lr", float), ("max_scale", float), ("max_mean", float)):
+            if key in encoder and not (key == "max_mean" and encoder[key] is None):  # null: mu unbounded
                 _positive(cfg, f"sampler.posterior.encoder.{key}", kind)
     world = expected_world_size(cfg)
     if world is not None and int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:

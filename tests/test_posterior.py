@@ -203,6 +203,27 @@ def test_config_checks_of_the_amortised_sampler(make_cfg):
         validate(make_cfg("sampler=amortised", "model.dz=0"))
     with pytest.raises(ConfigError, match="sampler.posterior.encoder.lr"):
         validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.lr=0"))
+    with pytest.raises(ConfigError, match="sampler.posterior.encoder.max_scale"):
+        validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.max_scale=0"))
+    validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.max_mean=null"))  # mu unbounded
+
+
+def test_the_encoder_bounds_hold_whatever_its_network_outputs():
+    """sigma_j <= max_scale and |mu_j| < max_mean for any raw output, and inside the bounds the map raw -> mu is a
+    bijection (tanh), so q_phi loses nothing there; max_mean=None leaves mu as the network gives it."""
+    config = LangevinConfig(step_size=H, n_steps=0)
+    posterior = AmortisedPosterior(2, 3, 4, config, width=8, depth=1, max_scale=0.5, max_mean=2.0)
+    unbounded = AmortisedPosterior(2, 3, 4, config, width=8, depth=1, max_scale=0.5, max_mean=None)
+    head = posterior.encoder[-1]
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([-50.0, 0.3, 50.0, 10.0, -1.0, 10.0]))
+        unbounded.encoder.load_state_dict(posterior.encoder.state_dict())
+        mu, log_sigma = posterior(torch.zeros(5, 2))
+        raw_mu, _ = unbounded(torch.zeros(5, 2))
+    assert float(mu.abs().max()) <= 2.0 and float(mu[0, 0]) < -1.99 and float(mu[0, 2]) > 1.99
+    assert float(mu[0, 1]) == pytest.approx(2.0 * math.tanh(0.3 / 2.0), abs=1e-6)
+    assert float(raw_mu[0, 0]) == pytest.approx(-50.0, abs=1e-4)
+    assert float(log_sigma.exp().max()) <= 0.5 + 1e-6 and float(log_sigma[0, 1]) == pytest.approx(-1.0, abs=1e-6)
 
 
 def train_recorded(cfg: Any) -> tuple[dict[str, float], OptimizerRecorder]:
