@@ -100,7 +100,7 @@ class Budget:
     chain_steps: int = 1000    # T of the long chains, posterior chains and reconstruction chains
     n_samples: int = 1000      # long-chain samples for W2 and the observables
     n_probe: int = 500         # test data probed for latents, ELBO and free energy
-    n_particles: int = 16      # K fresh posterior chains per probed datum
+    n_particles: int = 32      # K fresh posterior chains per probed datum
     elbo_samples: int = 32     # S draws per datum for each ELBO
     encoder_data: int = 5000   # training data the fitted encoder sees
     encoder_steps: int = 2000  # its maximum steps (it stops earlier when its held-out ELBO stops rising)
