@@ -71,16 +71,24 @@ def silverman_bandwidth(z_particles: Tensor) -> Tensor:
     return spread * (4.0 / ((dz + 2) * n_particles)) ** (1.0 / (dz + 4))
 
 
-def _draw_standard(
-    z_particles: Tensor, n_samples: int, generator: torch.Generator | None
+def _draw(
+    n_data: int, n_particles: int, dz: int, n_samples: int, generator: torch.Generator | None, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """Component centres z_i^{k_s} [B, S, dz], k_s uniform on 1..K, and standard normal noise [B, S, dz]."""
-    n_data, n_particles, dz = z_particles.shape
-    device = z_particles.device
+    """Components k_s uniform on 1..K [B, S] and standard normal noise eps_s [B, S, dz] (float64), in that order."""
     component = torch.randint(n_particles, (n_data, n_samples), generator=generator, device=device)
-    centres = torch.gather(z_particles, 1, component.unsqueeze(-1).expand(-1, -1, dz))
-    noise = torch.randn(n_data, n_samples, dz, generator=generator, device=device, dtype=z_particles.dtype)
-    return centres, noise
+    noise = torch.randn(n_data, n_samples, dz, generator=generator, device=device, dtype=torch.float64)
+    return component, noise
+
+
+def _kernel_draws(centres: Tensor, scale_tril: Tensor, component: Tensor, noise: Tensor) -> Tensor:
+    """z_s = c_i^{k_s} + M_i eps_s [B, S, dz] for centres [B, K, dz] and M_i [B, dz, dz]."""
+    index = component.unsqueeze(-1).expand(-1, -1, centres.shape[-1])
+    return torch.gather(centres, 1, index) + noise @ scale_tril.transpose(1, 2)
+
+
+def _isotropic(s: Tensor, dz: int) -> Tensor:
+    """M_i = s_i I [B, dz, dz] for bandwidths s [B]."""
+    return s.to(torch.float64).view(-1, 1, 1) * torch.eye(dz, dtype=torch.float64, device=s.device)
 
 
 def mixture_sample(
@@ -89,26 +97,21 @@ def mixture_sample(
     """Draw S = `n_samples` samples [B, S, dz] from q_i(z) = (1/K) sum_k N(z; z_i^k, s_i^2 I).
 
     z_particles: [B, K, dz] mixture centres; s: [B] bandwidths. A component is picked uniformly, then
-    Gaussian noise of scale s_i is added.
+    Gaussian noise of scale s_i is added. float64.
     """
-    centres, noise = _draw_standard(z_particles, n_samples, generator)
-    return centres + s.to(centres).view(-1, 1, 1) * noise
+    n_data, n_particles, dz = z_particles.shape
+    component, noise = _draw(n_data, n_particles, dz, n_samples, generator, z_particles.device)
+    return _kernel_draws(z_particles.to(torch.float64), _isotropic(s, dz), component, noise)
 
 
 def mixture_log_prob(z_particles: Tensor, s: Tensor, z_query: Tensor) -> Tensor:
-    """log q_i(z) [B, S] at z_query [B, S, dz], for centres z_particles [B, K, dz] and bandwidths s [B].
+    """log q_i(z) [B, S] at z_query [B, S, dz], for centres z_particles [B, K, dz] and bandwidths s [B]:
 
-        log q_i(z) = logsumexp_k(-|z - z_i^k|^2 / (2 s_i^2)) - log K - (dz / 2) log(2 pi s_i^2)
+        log q_i(z) = logsumexp_k(-|z - z_i^k|^2 / (2 s_i^2)) - log K - (dz / 2) log(2 pi s_i^2),
 
-    computed in float64.
+    the isotropic case of `kernel_mixture_log_prob`; float64.
     """
-    centres = z_particles.to(torch.float64)
-    z_query = z_query.to(torch.float64)
-    s = s.to(torch.float64).view(-1, 1)
-    _, n_particles, dz = centres.shape
-    sq_dist = (z_query.unsqueeze(2) - centres.unsqueeze(1)).pow(2).sum(dim=-1)
-    log_kernel = (-sq_dist / (2 * s.unsqueeze(-1) ** 2)).logsumexp(dim=-1)
-    return log_kernel - math.log(n_particles) - 0.5 * dz * torch.log(2 * math.pi * s**2)
+    return kernel_mixture_log_prob(z_particles, _isotropic(s, z_particles.shape[-1]), z_query)
 
 
 def particle_cholesky(z_particles: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,11 +156,10 @@ class _Kernel:
 
 def _candidates(z_particles: Tensor, grid: Tensor, shaped: bool) -> list[_Kernel]:
     n_data, n_particles, dz = z_particles.shape
-    eye = torch.eye(dz, dtype=torch.float64, device=z_particles.device).expand(n_data, dz, dz)
     scales = list(grid.to(z_particles.device).expand(n_data, -1).unbind(-1))
     if n_particles >= 2:
         scales.append(silverman_bandwidth(z_particles).clamp_min(float(grid.min())))
-    out = [_Kernel(z_particles, s.view(-1, 1, 1) * eye, s, False, 1.0) for s in scales]
+    out = [_Kernel(z_particles, _isotropic(s, dz), s, False, 1.0) for s in scales]
     if shaped and n_particles >= 2:
         mean, chol = particle_cholesky(z_particles)
         factor = (4.0 / ((dz + 2) * n_particles)) ** (1.0 / (dz + 4))
@@ -208,13 +210,13 @@ def elbo(
     grid = default_bandwidths() if bandwidths is None else bandwidths.to(torch.float64)
     kernels = _candidates(z_particles, grid, shaped)
 
-    component = torch.randint(n_particles, (n_data, n_samples), generator=generator, device=z_particles.device)
-    index = component.unsqueeze(-1).expand(-1, -1, dz)
-    noise = torch.randn(n_data, n_samples, dz, generator=generator, device=z_particles.device, dtype=torch.float64)
-    scores = []
-    for k in kernels:
-        z = torch.gather(k.centres, 1, index) + noise @ k.scale_tril.transpose(1, 2)
-        scores.append(_log_weights(energy, x, k.centres, k.scale_tril, z, batch_size).mean(1))
+    device = z_particles.device
+    component, noise = _draw(n_data, n_particles, dz, n_samples, generator, device)  # shared by every candidate
+    scores = [
+        _log_weights(energy, x, k.centres, k.scale_tril, _kernel_draws(k.centres, k.scale_tril, component, noise),
+                     batch_size).mean(1)
+        for k in kernels
+    ]
     best = torch.stack(scores, dim=-1).argmax(dim=-1)  # [B]
 
     def pick(values: list[Tensor]) -> Tensor:
@@ -223,15 +225,13 @@ def elbo(
 
     centres = pick([k.centres for k in kernels])
     scale_tril = pick([k.scale_tril for k in kernels])
-    device = z_particles.device
     bandwidth = pick([k.bandwidth for k in kernels])
     is_shaped = torch.tensor([k.shaped for k in kernels], device=device)[best]
     shrink = torch.tensor([k.shrink for k in kernels], dtype=torch.float64, device=device)[best]
 
-    component = torch.randint(n_particles, (n_data, n_samples), generator=generator, device=device)
-    noise = torch.randn(n_data, n_samples, dz, generator=generator, device=device, dtype=torch.float64)
-    z = torch.gather(centres, 1, component.unsqueeze(-1).expand(-1, -1, dz)) + noise @ scale_tril.transpose(1, 2)
-    log_w = _log_weights(energy, x, centres, scale_tril, z, batch_size)
+    component, noise = _draw(n_data, n_particles, dz, n_samples, generator, device)  # fresh: the reported bounds
+    log_w = _log_weights(energy, x, centres, scale_tril, _kernel_draws(centres, scale_tril, component, noise),
+                         batch_size)
     return ElboResult(
         elbo=log_w.mean(dim=1) - log_z,
         iw_bound=log_w.logsumexp(dim=1) - math.log(n_samples) - log_z,
