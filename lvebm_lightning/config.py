@@ -223,9 +223,11 @@ def validate(cfg: DictConfig) -> None:
         if int(cfg.model.dz) < 1:
             raise ConfigError("sampler=amortised needs latents: set model.dz >= 1 (or use another sampler).")
         encoder = cfg.sampler.posterior.get("encoder") or {}
-        for key, kind in (("width", int), ("depth", int), ("lr", float), ("max_scale", float), ("max_mean", float)):
-            if key in encoder and not (key == "max_mean" and encoder[key] is None):  # null: mu unbounded
+        for key, kind in (("width", int), ("depth", int), ("lr", float), ("max_scale", float)):
+            if key in encoder:
                 _positive(cfg, f"sampler.posterior.encoder.{key}", kind)
+        if encoder.get("max_mean") is not None:  # null: mu unbounded
+            _positive(cfg, "sampler.posterior.encoder.max_mean")
     world = expected_world_size(cfg)
     if world is not None and int(cfg.sampler.negative.pool_size) < int(cfg.sampler.negative.batch_size) * world:
         raise ConfigError(

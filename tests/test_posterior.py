@@ -205,6 +205,8 @@ def test_config_checks_of_the_amortised_sampler(make_cfg):
         validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.lr=0"))
     with pytest.raises(ConfigError, match="sampler.posterior.encoder.max_scale"):
         validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.max_scale=0"))
+    with pytest.raises(ConfigError, match="sampler.posterior.encoder.max_mean"):
+        validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.max_mean=-1"))
     validate(make_cfg("sampler=amortised", "sampler.posterior.encoder.max_mean=null"))  # mu unbounded
 
 

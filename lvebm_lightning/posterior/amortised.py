@@ -32,7 +32,7 @@ class AmortisedPosterior(nn.Module):
         init_scale: sigma of q_phi at initialisation.
         width, depth, activation: the encoder MLP.
         lr: the encoder's Adam learning rate (constant).
-        max_scale, min_scale: bounds on every sigma_j, in standardised units (min_scale 0: none).
+        max_scale: the bound on every sigma_j, in standardised units.
         max_mean: the bound on every |mu_j| (mu = max_mean tanh(raw / max_mean); None: unbounded).
 
     Why the bounds (README "Baselines"): the latent's location and scale are not identified, so an unbounded
@@ -48,7 +48,7 @@ class AmortisedPosterior(nn.Module):
     def __init__(
         self, dx: int, dz: int, n_particles: int, langevin: LangevinConfig, init_scale: float = 1.0,
         width: int = 128, depth: int = 2, activation: str = "silu", lr: float = 1e-3,
-        max_scale: float = 1.0, min_scale: float = 0.0, max_mean: float | None = 4.0,
+        max_scale: float = 1.0, max_mean: float | None = 4.0,
     ) -> None:
         super().__init__()
         if dz < 1:
@@ -61,6 +61,10 @@ class AmortisedPosterior(nn.Module):
             raise ValueError(
                 f"The encoder's max_scale must be > 0, got {max_scale}; set sampler.posterior.encoder.max_scale."
             )
+        if max_mean is not None and not max_mean > 0:
+            raise ValueError(
+                f"The encoder's max_mean must be > 0 or None, got {max_mean}; set sampler.posterior.encoder.max_mean."
+            )
         if not init_scale > 0:
             raise ValueError(f"init_scale must be > 0, got {init_scale}; set sampler.posterior.init_scale.")
         if activation not in ACTIVATIONS:
@@ -69,7 +73,6 @@ class AmortisedPosterior(nn.Module):
             raise ValueError(f"The encoder needs width >= 1 and depth >= 1, got width={width}, depth={depth}.")
         self.dz, self.n_particles, self.config, self.lr = dz, n_particles, langevin, float(lr)
         self.log_sigma_max = math.log(max_scale)
-        self.log_sigma_min = math.log(min_scale) if min_scale > 0 else -math.inf
         self.max_mean = None if max_mean is None else float(max_mean)
         self.store = None
         sizes = [dx] + [width] * depth
@@ -93,7 +96,7 @@ class AmortisedPosterior(nn.Module):
         mu, log_sigma = self.encoder(x).chunk(2, dim=-1)
         if self.max_mean is not None:
             mu = self.max_mean * torch.tanh(mu / self.max_mean)
-        return mu, log_sigma.clamp(min=self.log_sigma_min, max=self.log_sigma_max)
+        return mu, log_sigma.clamp(max=self.log_sigma_max)
 
     def _sample(self, x: Tensor, n: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """z = mu + sigma eps ``[B, n, dz]`` (with its graph into phi) and log sigma ``[B, dz]``."""
