@@ -137,10 +137,10 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[str], out: Path) -> dict[str, Any]:
-    """Train one EBM and score it; the row of the table."""
+def run_overrides(dataset: str, method: str, seed: int, budget: Budget, extra: list[str]) -> list[str]:
+    """The Hydra overrides of one EBM run of the table."""
     spec = DATASETS[dataset]
-    overrides = [
+    return [
         f"data={dataset}", *spec.overrides, f"model.dz={spec.dz}", *METHODS[method],
         *(spec.no_latent if method == "no_latent" else ()), f"seed={seed}", "logger=csv", "test=true",
         "~callbacks.gallery", "~callbacks.best_checkpoint", "+trainer.limit_val_batches=0",
@@ -150,6 +150,12 @@ def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[st
         f"sampler.long_chains.n_steps={budget.chain_steps}", f"sampler.long_chains.n_samples={budget.n_samples}",
         *budget.data, *extra,
     ]
+
+
+def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[str], out: Path) -> dict[str, Any]:
+    """Train one EBM and score it; the row of the table."""
+    spec = DATASETS[dataset]
+    overrides = run_overrides(dataset, method, seed, budget, extra)
     TIMERS.clear()
     start = time.perf_counter()
     try:
