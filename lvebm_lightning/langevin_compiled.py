@@ -18,6 +18,11 @@ host. Blocks amortise the per-call overhead that bounds small batches: at width 
   out of the graph's memory pool.
 - Under DDP the inner loops already call the energy network directly (not through the DDP wrapper), so the
   compiled graph never meets DDP's hooks.
+- Every step function's blocks share one code object, so dynamo's cache of it holds one graph per kernel,
+  block length, shape and energy: a training run (posterior and negative batches, validation, long chains, the
+  last short batch, both kernels) needs more than dynamo's default limit of 8, past which ``fullgraph=True``
+  fails and the chain would drop to eager. Chains run with the limit raised to ``RECOMPILE_LIMIT``, inside a
+  ``torch._dynamo.config.patch`` that leaves the user's own setting alone outside the chain.
 - Where compilation fails (no C++ compiler, an energy dynamo cannot trace), one warning is issued and that
   step function runs eagerly from then on, consuming the same noise (a failed block runs its drawn noise eagerly).
 """
@@ -31,9 +36,10 @@ import torch
 from torch import Tensor
 
 from lvebm_lightning.langevin import EnergyFn, LangevinConfig, energy_and_grad, mean_acceptance, network_precision
-from lvebm_lightning.langevin_steps import STEPS, ChainState, GradFn, StepFn
+from lvebm_lightning.langevin_steps import STEPS, ChainState, GradFn, Step, StepFn
 
 BLOCK = 5  # steps per compiled graph
+RECOMPILE_LIMIT = 128  # graphs kept per code object while a chain runs (dynamo's default, 8, is too few)
 _COMPILED: dict[tuple[str, str, int], Callable[..., ChainState]] = {}
 _FAILED: set[tuple[str, str]] = set()
 
@@ -91,6 +97,18 @@ def compiled_langevin(
     state = step.init(eager_grad, y)
     noise, uniform = step.draw(y, generator)
     state = step.update(eager_grad, state, sizes[0], noise, uniform, config.grad_clip)
+    with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+        state = _compiled_steps(step, key, traced_grad, eager_grad, state, h, sizes, y, config, generator)
+    if y.is_cuda:
+        state = ChainState(*(None if v is None else v.clone() for v in state))
+    return state.y, mean_acceptance(step, state, config.n_steps)
+
+
+def _compiled_steps(
+    step: Step, key: tuple[str, str], traced_grad: GradFn, eager_grad: GradFn, state: ChainState, h: Tensor,
+    sizes: list[float], y: Tensor, config: LangevinConfig, generator: torch.Generator | None,
+) -> ChainState:
+    """Steps 1 .. T-1 of ``compiled_langevin``: whole blocks compiled, the rest one-step graphs, eager on failure."""
     t = 1
     while t < config.n_steps:
         n = BLOCK if t + BLOCK <= config.n_steps else 1
@@ -112,11 +130,9 @@ def compiled_langevin(
                 warnings.warn(
                     f"lvebm: torch.compile of the {config.kernel} Langevin step failed ({type(err).__name__}: "
                     f"{first_line}); running it eagerly. Set sampler.compile=false to silence this.",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         for i, (noise, uniform) in enumerate(draws):
             state = step.update(eager_grad, state, sizes[t + i], noise, uniform, config.grad_clip)
         t += n
-    if y.is_cuda:
-        state = ChainState(*(None if v is None else v.clone() for v in state))
-    return state.y, mean_acceptance(step, state, config.n_steps)
+    return state

@@ -138,3 +138,24 @@ def test_compile_failure_falls_back_to_eager_with_one_warning():
     langevin_compiled._FAILED.discard(("mala", "default"))
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.slow
+def test_compiled_path_stays_compiled_across_many_shapes():
+    """A training run meets many chain shapes (posterior and negative batches, validation, long chains, the last
+    short batch) and both kernels: more graphs than dynamo's default recompile limit (8 per code object). Every
+    one must still compile, not fall back to eager with a warning, and still match eager."""
+    net = _network()
+    energy = on_pairs(net, 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager: fail
+        for b in range(1, 4):  # 3 batch sizes x 2 kernels x (a 5-step block, a one-step graph): 12 graphs > 8
+            for kernel in ("ula", "mala"):
+                y0 = torch.randn(b, 3, generator=torch.Generator().manual_seed(b))
+                config = LangevinConfig(0.05, 7, kernel=kernel)
+                eager, _ = langevin(energy, y0, config, torch.Generator().manual_seed(b))
+                compiled, _ = langevin(
+                    energy, y0, LangevinConfig(0.05, 7, kernel=kernel, compile=True), torch.Generator().manual_seed(b)
+                )
+                torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert not {("ula", "default"), ("mala", "default")} & langevin_compiled._FAILED
