@@ -1,0 +1,85 @@
+"""The default ``python train.py`` end to end, eager against ``sampler.compile=true``, in one run on one machine.
+
+Runs the README's main command (the double well, its default steps, validations and the test) as a subprocess
+once per variant, one after the other, and prints a table: wall time (the whole process: start-up, compilation,
+training, validation, test), its ratio against the eager run, and the final test W2 (with its data floor), NLL and
+ELBO read from the run's CSV log, so that a speed-up is shown to leave the model's quality within noise. The
+dense-matmul rate is measured before and after, as the speed of the machine the ratios were taken on.
+
+    python benchmarks/end_to_end.py [--variants eager,compiled] [overrides ...]
+
+Extra Hydra overrides apply to every variant (``trainer.max_steps=400`` for a quick look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import matmul_gflops  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS: dict[str, tuple[str, ...]] = {"eager": (), "compiled": ("sampler.compile=true",)}
+METRICS = ("test/w2", "test/w2_floor", "test/nll", "test/elbo")
+
+
+def last_values(metrics_csv: Path) -> dict[str, float]:
+    """The last logged value of each of ``METRICS`` in a Lightning CSV log (NaN where never logged)."""
+    out = {name: math.nan for name in METRICS}
+    with metrics_csv.open() as handle:
+        for row in csv.DictReader(handle):
+            for name in METRICS:
+                if row.get(name):
+                    out[name] = float(row[name])
+    return out
+
+
+def run(variant: str, overrides: list[str], run_dir: Path) -> dict[str, float]:
+    """One ``python train.py`` of ``variant``; its wall time and final test metrics."""
+    command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *VARIANTS[variant], *overrides]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{variant}: train.py exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    logs = sorted(run_dir.rglob("metrics.csv"))
+    if not logs:
+        raise SystemExit(f"{variant}: no metrics.csv under {run_dir}; the CSV logger is part of logger=default.")
+    return {"seconds": seconds, **last_values(logs[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every variant")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    before = matmul_gflops("cpu")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in variants:
+            rows[variant] = run(variant, args.overrides, Path(tmp) / variant)
+            print(f"# {variant}: {rows[variant]}", flush=True)
+    after = matmul_gflops("cpu")
+    reference = rows[variants[0]]["seconds"]
+    print(f"\npython train.py {' '.join(args.overrides)} on the CPU; dense matmul {before:.0f} GFLOP/s before and "
+          f"{after:.0f} after; speed-up = {variants[0]} wall time / variant wall time\n")
+    print("| variant | wall s | speed-up | test W2 | W2 floor | test NLL | test ELBO |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, row in rows.items():
+        print(f"| {variant} | {row['seconds']:.1f} | {reference / row['seconds']:.2f}x | {row['test/w2']:.4f} | "
+              f"{row['test/w2_floor']:.4f} | {row['test/nll']:.4f} | {row['test/elbo']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
