@@ -20,9 +20,9 @@ host. Blocks amortise the per-call overhead that bounds small batches: at width 
 - Under DDP the inner loops already call the energy network directly (not through the DDP wrapper), so the
   compiled graph never meets DDP's hooks.
 - Every step function's blocks share one code object, so dynamo's cache of it holds one graph per kernel,
-  block length, shape and energy: a training run (posterior and negative batches, validation, long chains, the
-  last short batch, both kernels) needs more than dynamo's default limit of 8, past which ``fullgraph=True``
-  fails and the chain would drop to eager. Chains run with the limit raised to ``RECOMPILE_LIMIT``, inside a
+  block length, shape and energy: a process that meets many shapes (benchmarks/speed.py, several models in one
+  process) needs more than dynamo's default limit of 8, past which ``fullgraph=True`` fails and the chain would
+  drop to eager. Chains run with the limit raised to ``RECOMPILE_LIMIT``, inside a
   ``torch._dynamo.config.patch`` that leaves the user's own setting alone outside the chain.
 - Where compilation fails (no C++ compiler, an energy dynamo cannot trace), one warning is issued and that
   step function runs eagerly from then on, consuming the same noise (a failed block runs its drawn noise eagerly).

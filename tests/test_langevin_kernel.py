@@ -142,9 +142,9 @@ def test_compile_failure_falls_back_to_eager_with_one_warning():
 
 @pytest.mark.slow
 def test_compiled_path_stays_compiled_across_many_shapes():
-    """A training run meets many chain shapes (posterior and negative batches, validation, long chains, the last
-    short batch) and both kernels: more graphs than dynamo's default recompile limit (8 per code object). Every
-    one must still compile, not fall back to eager with a warning, and still match eager."""
+    """One process can meet many chain shapes (posterior and negative batches, validation, long chains, several
+    models) and both kernels: more graphs than dynamo's default recompile limit (8 per code object). Every one
+    must still compile, not fall back to eager with a warning, and still match eager."""
     net = _network()
     energy = on_pairs(net, 2)
     with warnings.catch_warnings():
