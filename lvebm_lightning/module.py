@@ -28,7 +28,7 @@ from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.posterior import build_posterior
 from lvebm_lightning.sampling import SamplingAPI, cached_weights
 from lvebm_lightning.seeding import STREAM_LATENT, gather_generator_states, make_generator, restore_generator
-from lvebm_lightning.step_logging import log_step, total_norm
+from lvebm_lightning.step_logging import log_step, logging_this_step, total_norm
 
 
 class LVEBMModule(SamplingAPI, pl.LightningModule):
@@ -153,7 +153,7 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         pool_idx, xz_neg = pool.draw(self.negative_batch_size)
         xz_neg, accept = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
         pool.write(pool_idx, xz_neg)
-        if self.negative_config.metropolis:
+        if self.negative_config.metropolis and logging_this_step(self):
             # MALA's acceptance of the pool's moves: near 0 means h_n is too large for the current energy.
             self.log("train/neg_accept", accept, on_step=True, on_epoch=False)
         return pool_idx, xz_neg
@@ -191,10 +191,12 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
             # Through the strategy (precision plugin, hooks) but not LightningOptimizer.step, which would count a
             # second global step per batch: global_step counts batches (DESIGN.md section 1).
             strategy.optimizer_step(posterior_opt.optimizer, closure=lambda: None)
-            self.log("train/posterior_loss", posterior_loss.detach(), on_step=True, on_epoch=False)
+            if logging_this_step(self):
+                self.log("train/posterior_loss", posterior_loss.detach(), on_step=True, on_epoch=False)
         self.lr_schedulers().step()
         self.guard.good_step()
-        log_step(self, loss, e_pos, e_neg, z, xz_neg, grad_norm, skipped_steps=self.guard.skipped_steps)
+        if logging_this_step(self):
+            log_step(self, loss, e_pos, e_neg, z, xz_neg, grad_norm, skipped_steps=self.guard.skipped_steps)
         return loss.detach()
 
     def _skip(self, names: list[str], index: Tensor, pool_idx: Tensor, *logged: Tensor) -> Tensor:
