@@ -263,3 +263,26 @@ def test_observables_on_exact_samples_match_exact_values() -> None:
     lorenz = get_dataset("lorenz63")
     obs = lorenz.observables(torch.from_numpy(samples("lorenz63")))
     assert float(obs["mean_x2"]) == pytest.approx(lorenz.beta * float(obs["mean_z"]), rel=0.05)
+
+
+def test_a_data_module_built_again_in_one_process_gets_the_same_data_and_cannot_change_it() -> None:
+    """The data module remembers generated data sets per process (paper.py builds each one per method): a second
+    build equals a fresh generation exactly, a change to one build's arrays does not reach the next, and another
+    seed, size or option is generated anew."""
+    from lvebm_lightning.data import datamodule
+
+    def build(**kw):
+        return datamodule.LVEBMDataModule("pendulum", n_train=40, n_val=8, n_test=8, **kw).prepare()
+
+    datamodule._GENERATED.clear()
+    first = build()
+    first.raw["train"].add_(1.0)
+    first.latents["train"].add_(1.0)
+    second = build()
+    fresh_x, fresh_latents = get_dataset("pendulum").sample_with_latents(56, seed=0)
+    assert torch.equal(second.raw["train"], torch.from_numpy(fresh_x[:40]))
+    assert torch.equal(second.latents["train"], torch.from_numpy(fresh_latents[:40]))
+    assert not torch.equal(build(seed=1).raw["train"], second.raw["train"])
+    other = build(options={"noise": 0.2})
+    assert not torch.equal(other.raw["train"], second.raw["train"])
+    assert len(datamodule._GENERATED) == 3

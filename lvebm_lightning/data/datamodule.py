@@ -9,6 +9,7 @@ metrics convert back to the data's own units.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,24 @@ from torch.utils.data import DataLoader, Dataset
 from lvebm_lightning.data.files import DataFileError, load_array
 from lvebm_lightning.data.sampler import ResumableLoader, ShardedBatchSampler
 from lvebm_lightning.data.systems import get_dataset
+
+_GENERATED: OrderedDict[tuple[str, str, int, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_GENERATED_KEEP = 8  # data sets remembered per process (a few MB each at the default sizes)
+
+
+def _generated(name: str, options: dict[str, Any], system: Any, n: int, seed: int) -> tuple[np.ndarray, Any]:
+    """``system.sample_with_latents(n, seed)``, remembered per process: the generators are deterministic in
+    (name, options, n, seed), and some are slow (phi^4's HMC, the pendulum's RK4), while one process often builds
+    the same data module many times (``benchmarks/paper.py`` trains every method on each dataset, the test suite
+    trains many short runs). Copies are returned, so no caller can change what a later one gets."""
+    key = (name, repr(sorted(options.items())), n, seed)
+    if key not in _GENERATED:
+        _GENERATED[key] = system.sample_with_latents(n, seed=seed)
+        while len(_GENERATED) > _GENERATED_KEEP:
+            _GENERATED.popitem(last=False)
+    _GENERATED.move_to_end(key)
+    x, latents = _GENERATED[key]
+    return x.copy(), None if latents is None else latents.copy()
 
 
 class IndexedTensor(Dataset):
@@ -97,7 +116,7 @@ class LVEBMDataModule(pl.LightningDataModule):
             n_train, n_val, n_test = self.sizes
             if min(self.sizes) < 1:
                 raise ValueError(f"data.n_train, n_val and n_test must be >= 1, got {self.sizes}.")
-            x, latents = self.system.sample_with_latents(n_train + n_val + n_test, seed=self.seed)
+            x, latents = _generated(self.name, self.options, self.system, n_train + n_val + n_test, self.seed)
             parts = np.split(x, [n_train, n_train + n_val])
             if latents is not None:
                 cuts = np.split(latents, [n_train, n_train + n_val])
