@@ -132,10 +132,11 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
     # -- training: the three steps of DESIGN.md section 1 -----------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, index = batch
+        log = logging_this_step(self)  # the train/* scalars only on the steps Lightning writes
         with cached_weights(self.energy):
             z, posterior_loss = self.positive_particles(x, index, check_owned=batch_idx == 0)
-            pool_idx, xz_neg = self.negative_particles()
-        return self.parameter_step(x, index, z, posterior_loss, pool_idx, xz_neg)
+            pool_idx, xz_neg = self.negative_particles(log)
+        return self.parameter_step(x, index, z, posterior_loss, pool_idx, xz_neg, log)
 
     def positive_particles(self, x: Tensor, index: Tensor, check_owned: bool) -> tuple[Tensor, Tensor | None]:
         """Step 1: the posterior particles ``[B, K, dz]`` after T_z conditional steps, and a trainable
@@ -147,19 +148,20 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         loss = self.posterior.loss(self.energy, x, self.generator) if self.posterior.trainable else None
         return z, loss
 
-    def negative_particles(self) -> tuple[Tensor, Tensor]:
+    def negative_particles(self, log: bool = True) -> tuple[Tensor, Tensor]:
         """Step 2: a batch of pool rows (local indices ``[B]``) moved by T_n joint steps ``[B, dx + dz]``."""
         pool = self.negative_pool
         pool_idx, xz_neg = pool.draw(self.negative_batch_size)
         xz_neg, accept = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
         pool.write(pool_idx, xz_neg)
-        if self.negative_config.metropolis and logging_this_step(self):
+        if self.negative_config.metropolis and log:
             # MALA's acceptance of the pool's moves: near 0 means h_n is too large for the current energy.
             self.log("train/neg_accept", accept, on_step=True, on_epoch=False)
         return pool_idx, xz_neg
 
     def parameter_step(
-        self, x: Tensor, index: Tensor, z: Tensor, posterior_loss: Tensor | None, pool_idx: Tensor, xz_neg: Tensor
+        self, x: Tensor, index: Tensor, z: Tensor, posterior_loss: Tensor | None, pool_idx: Tensor, xz_neg: Tensor,
+        log: bool = True,
     ) -> Tensor:
         """Step 3: the loss, one backward, clipping and the optimizer and scheduler steps (or a dropped update)."""
         optimizers = self.optimizers()
@@ -191,11 +193,11 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
             # Through the strategy (precision plugin, hooks) but not LightningOptimizer.step, which would count a
             # second global step per batch: global_step counts batches (DESIGN.md section 1).
             strategy.optimizer_step(posterior_opt.optimizer, closure=lambda: None)
-            if logging_this_step(self):
+            if log:
                 self.log("train/posterior_loss", posterior_loss.detach(), on_step=True, on_epoch=False)
         self.lr_schedulers().step()
         self.guard.good_step()
-        if logging_this_step(self):
+        if log:
             log_step(self, loss, e_pos, e_neg, z, xz_neg, grad_norm, skipped_steps=self.guard.skipped_steps)
         return loss.detach()
 

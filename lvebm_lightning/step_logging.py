@@ -17,10 +17,10 @@ def total_norm(parameters: Iterable[nn.Parameter]) -> Tensor:
 def logging_this_step(module: pl.LightningModule) -> bool:
     """Whether Lightning writes this training step's logged values: every ``trainer.log_every_n_steps``-th step
     (and every step under ``fast_dev_run``), the same test Lightning applies before it writes. A value logged on
-    another step is reduced and dropped, at about a millisecond a ``self.log`` call, which at the default size was
-    some 10-20% of a training step; so the ``train/*`` scalars are computed and logged only when they are written.
-    The progress bar keeps the last written values. Outside a fit loop (or if Lightning's connector changes),
-    every step logs."""
+    another step is reduced and dropped: under cProfile a ``self.log`` call took 1.2-1.3 ms and a default training
+    step made ten of them, in a profiled step of 73 ms. So the ``train/*`` scalars are computed and logged only
+    when they are written. The progress bar keeps the last written values. Outside a fit loop (or if Lightning's
+    connector changes), every step logs."""
     trainer = module._trainer
     if trainer is None:
         return True

@@ -142,7 +142,7 @@ def test_compile_failure_falls_back_to_eager_with_one_warning():
 
 def test_compiled_path_stays_compiled_past_the_users_recompile_limit():
     """One process can meet many chain shapes (posterior and negative batches, validation, long chains, several
-    models) and both kernels: more graphs than dynamo's recompile limit per code object (8 by default). Every one
+    models), more graphs than dynamo's recompile limit per code object (8 by default). Every one
     must still compile, not fall back to eager with a warning, and still match eager. The user's limit is set to
     2 here, so that 3 graphs (3 batch sizes of one 5-step block) cross it cheaply; the chain raises it while it runs
     and leaves the user's setting as it was."""

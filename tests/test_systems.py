@@ -286,3 +286,5 @@ def test_a_data_module_built_again_in_one_process_gets_the_same_data_and_cannot_
     other = build(options={"noise": 0.2})
     assert not torch.equal(other.raw["train"], second.raw["train"])
     assert len(datamodule._GENERATED) == 3
+    build(options={"noise": 0.05})  # the default spelled out: the same system, the same entry
+    assert len(datamodule._GENERATED) == 3

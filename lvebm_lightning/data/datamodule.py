@@ -23,23 +23,28 @@ from lvebm_lightning.data.files import DataFileError, load_array
 from lvebm_lightning.data.sampler import ResumableLoader, ShardedBatchSampler
 from lvebm_lightning.data.systems import get_dataset
 
-_GENERATED: OrderedDict[tuple[str, str, int, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
-_GENERATED_KEEP = 8  # data sets remembered per process (a few MB each at the default sizes)
+_GENERATED: OrderedDict[tuple[Any, int, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_GENERATED_KEEP = 8  # data sets remembered per process
+_GENERATED_MAX_BYTES = 32 * 2**20  # larger ones are not kept: a run would hold a second copy to no purpose
 
 
-def _generated(name: str, options: dict[str, Any], system: Any, n: int, seed: int) -> tuple[np.ndarray, Any]:
-    """``system.sample_with_latents(n, seed)``, remembered per process: the generators are deterministic in
-    (name, options, n, seed), and some are slow (phi^4's HMC, the pendulum's RK4), while one process often builds
-    the same data module many times (``benchmarks/paper.py`` trains every method on each dataset, the test suite
-    trains many short runs). Copies are returned, so no caller can change what a later one gets."""
-    key = (name, repr(sorted(options.items())), n, seed)
-    if key not in _GENERATED:
-        _GENERATED[key] = system.sample_with_latents(n, seed=seed)
+def _generated(system: Any, n: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``system.sample_with_latents(n, seed)``, remembered per process. A system is a frozen dataclass of its
+    parameters, so equal parameters share an entry. Generation is deterministic in (system, n, seed) and some of it
+    is slow (phi^4's HMC, the pendulum's RK4), while one process may build the same data module many times
+    (``benchmarks/paper.py`` trains every method on each dataset; the test suite trains many short runs).
+    Copies are returned, so no caller can change what a later one gets."""
+    key = (system, n, seed)
+    if key in _GENERATED:
+        _GENERATED.move_to_end(key)
+        x, latents = _GENERATED[key]
+        return x.copy(), None if latents is None else latents.copy()
+    x, latents = system.sample_with_latents(n, seed=seed)
+    if x.nbytes + (0 if latents is None else latents.nbytes) <= _GENERATED_MAX_BYTES:
+        _GENERATED[key] = (x.copy(), None if latents is None else latents.copy())
         while len(_GENERATED) > _GENERATED_KEEP:
             _GENERATED.popitem(last=False)
-    _GENERATED.move_to_end(key)
-    x, latents = _GENERATED[key]
-    return x.copy(), None if latents is None else latents.copy()
+    return x, latents
 
 
 class IndexedTensor(Dataset):
@@ -116,7 +121,7 @@ class LVEBMDataModule(pl.LightningDataModule):
             n_train, n_val, n_test = self.sizes
             if min(self.sizes) < 1:
                 raise ValueError(f"data.n_train, n_val and n_test must be >= 1, got {self.sizes}.")
-            x, latents = _generated(self.name, self.options, self.system, n_train + n_val + n_test, self.seed)
+            x, latents = _generated(self.system, n_train + n_val + n_test, self.seed)
             parts = np.split(x, [n_train, n_train + n_val])
             if latents is not None:
                 cuts = np.split(latents, [n_train, n_train + n_val])
