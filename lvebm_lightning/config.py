@@ -10,6 +10,7 @@ smaller than the negative batch) and says which key to change. The constructors'
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from lvebm_lightning.errors import is_positive_number, one_line
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+WANDB_ENV_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what W&B itself accepts
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -170,6 +172,12 @@ def validate(cfg: DictConfig) -> None:
     wandb = (cfg.get("logger") or {}).get("wandb")
     if wandb is not None and wandb.get("mode", "auto") not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {wandb.mode!r}.")
+    env_mode = os.environ.get("WANDB_MODE")
+    if wandb is not None and env_mode is not None and env_mode not in WANDB_ENV_MODES:
+        raise ConfigError(
+            f"the environment variable WANDB_MODE={env_mode!r} is not a W&B mode; unset it (unset WANDB_MODE) or "
+            "set it to offline, online or disabled."
+        )
     name = cfg.data.name
     if name == "file":
         if not cfg.data.get("path"):

@@ -149,6 +149,17 @@ def test_bad_input_fails_in_one_line_before_anything_is_written(case, tmp_path, 
     assert snapshot(trained) == before
 
 
+@pytest.mark.parametrize("value", ["", "ofline"])
+def test_a_wandb_mode_in_the_environment_that_wandb_rejects_fails_in_one_line(value, tmp_path, monkeypatch):
+    """W&B itself would stop the run later with a pydantic traceback (seen with an empty WANDB_MODE)."""
+    monkeypatch.setenv("WANDB_MODE", value)
+    cfg = compose_config(tmp_path / "run", ["logger=default" if o == "logger=csv" else o for o in QUICK])
+    with pytest.raises(ConfigError, match=r"environment variable WANDB_MODE=.* is not a W&B mode; unset it") as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.lrr=1"], "unknown config key 'model.lrr'; check its spelling"),
     (["data=mnist"], "unknown data option 'mnist' (data=mnist); choose one of: double_well, eight_gaussians, file,"),
