@@ -59,7 +59,7 @@ EOF
 timeout 60 python - <<'EOF' 2>&1 | tee -a "$REPORT"
 import torch
 from torch.nn.utils import parametrize
-from lvebm_lightning.energy import MLPEnergy
+from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 torch.manual_seed(0)
 for sn in (False, True):
@@ -70,7 +70,7 @@ for sn in (False, True):
         for compiled in (False, True):
             config = LangevinConfig(0.01, 50, kernel=kernel, compile=compiled)
             with parametrize.cached():
-                runs[compiled] = langevin(net.joint, y0, config, torch.Generator("cuda").manual_seed(1))
+                runs[compiled] = langevin(on_pairs(net, 2), y0, config, torch.Generator("cuda").manual_seed(1))
         diff = float((runs[True][0] - runs[False][0]).abs().max())
         print(f"kernel {kernel} spectral_norm={sn}: compiled vs eager max |diff| {diff:.3g}, "
               f"acceptance {float(runs[False][1]):.4f} vs {float(runs[True][1]):.4f}")

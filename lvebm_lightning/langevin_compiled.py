@@ -1,18 +1,22 @@
 """The compiled path of the Langevin kernel (``LangevinConfig.compile``).
 
-The chain is the eager one (``langevin.langevin``) with blocks of ``BLOCK`` steps of a step function of
-``langevin_steps`` compiled as one graph: ``torch.compile(block, fullgraph=True, dynamic=False)``, the gradient
-taken by ``torch.func.grad_and_value`` of U with respect to the particles, so that forward, input-gradient
-backward and update of every step of the block fuse into one graph with fixed shapes. A block is a pure function
-of the state (y, U, grad U, acceptance sum), its step sizes h ``[b]`` (a tensor, so an annealed h does not
-recompile) and its noise ``[b, ..., d]`` (and uniforms ``[b, ...]``), drawn from the generator just before the
-call, step by step in the eager path's order; the same noise therefore gives the same samples to float tolerance.
-Steps left over after the last whole block run as one-step graphs. Nothing inside the chain reads a tensor on the
-host. Blocks amortise the per-call overhead that bounds small batches: at width 128, batch 256 a block of 5 ran
-1.14-1.17x the one-step graph in an earlier session, and the block path 2.1x the hand-written eager loop
+The chain is the eager one (``langevin.langevin``) with its steps run in blocks of up to ``BLOCK`` steps of a step
+function of ``langevin_steps``, each block compiled as one graph: ``torch.compile(block, fullgraph=True,
+dynamic=False)``, the gradient taken by ``torch.func.grad_and_value`` of U with respect to the particles, so that
+forward, input-gradient backward and update of every step of the block fuse into one graph with fixed shapes. A
+block is a pure function of the state (y, U, grad U, acceptance sum), its step sizes h ``[b]`` (a tensor, so an
+annealed h does not recompile) and its noise ``[b, ..., d]`` (and uniforms ``[b, ...]``), drawn from the generator
+just before the call, step by step in the eager path's order; the same noise therefore gives the same samples to
+float tolerance. The steps are cut into whole blocks of ``BLOCK`` and one shorter block for what is left, so a
+chain of T steps makes at most two calls' worth of graphs per shape, and one when BLOCK divides T (the defaults:
+T_z = 10, T_n = 50, T_eval = 4000). Nothing inside the chain reads a tensor on the host. Blocks amortise the
+per-call overhead (guards, wrappers, the noise stack; about 0.15 ms a call on this project's CPUs, measured) that
+bounds small batches: at width 128, batch 256 a block of 5 ran 1.14-1.17x the one-step graph in an earlier session
 (README "Inner-loop speed"), at the price of a longer first compilation.
 
-- The first step runs eagerly. Under ``parametrize.cached()`` (spectral norm) it computes the normalised weights
+- What runs eagerly first is what the step keeps in its state: an adjusted step (MALA) evaluates U and grad U at the
+  start eagerly, and then every step is compiled; an unadjusted one (ULA) keeps nothing, so its first step runs
+  eagerly. Under ``parametrize.cached()`` (spectral norm) that eager evaluation computes the normalised weights
   once, so the compiled steps read them as plain tensors: once per chain, never per step.
 - On CUDA the block is compiled with ``mode="reduce-overhead"``: each block is a replayed CUDA graph (no kernel
   launches from Python), ``torch.compiler.cudagraph_mark_step_begin`` marks each call, and the result is cloned
@@ -96,23 +100,33 @@ def compiled_langevin(
     sizes = config.step_sizes()
     h = torch.tensor(sizes, device=y.device, dtype=y.dtype)
     state = step.init(eager_grad, y)
-    noise, uniform = step.draw(y, generator)
-    state = step.update(eager_grad, state, sizes[0], noise, uniform, config.grad_clip)
+    t = 0
+    if not step.adjusted:  # nothing evaluated yet: the first step runs eagerly (cached weights, see above)
+        noise, uniform = step.draw(y, generator)
+        state = step.update(eager_grad, state, sizes[0], noise, uniform, config.grad_clip)
+        t = 1
+    # Contiguous, as the blocks return them: an eager gradient can be a strided view (grad z of E([x, z]) is a
+    # slice of grad [x, z]), and a stride that differs from the next call's would compile the block a second time.
+    state = ChainState(*(v if v is None else v.contiguous() for v in state))
     with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
-        state = _compiled_steps(step, key, traced_grad, eager_grad, state, h, sizes, y, config, generator)
+        state = _compiled_steps(step, key, traced_grad, eager_grad, state, h, sizes, t, y, config, generator)
     if y.is_cuda:
         state = ChainState(*(None if v is None else v.clone() for v in state))
     return state.y, mean_acceptance(step, state, config.n_steps)
 
 
+def block_lengths(n_steps: int) -> list[int]:
+    """``n_steps`` cut into whole blocks of ``BLOCK`` and one shorter block for the rest (none when it divides)."""
+    whole, rest = divmod(n_steps, BLOCK)
+    return [BLOCK] * whole + ([rest] if rest else [])
+
+
 def _compiled_steps(
     step: Step, key: tuple[str, str], traced_grad: GradFn, eager_grad: GradFn, state: ChainState, h: Tensor,
-    sizes: list[float], y: Tensor, config: LangevinConfig, generator: torch.Generator | None,
+    sizes: list[float], t: int, y: Tensor, config: LangevinConfig, generator: torch.Generator | None,
 ) -> ChainState:
-    """Steps 1 .. T-1 of ``compiled_langevin``: whole blocks compiled, the rest one-step graphs, eager on failure."""
-    t = 1
-    while t < config.n_steps:
-        n = BLOCK if t + BLOCK <= config.n_steps else 1
+    """Steps t .. T-1 of ``compiled_langevin`` in compiled blocks (``block_lengths``), eager on failure."""
+    for n in block_lengths(config.n_steps - t):
         draws = [step.draw(y, generator) for _ in range(n)]  # the eager order: noise, then uniforms, per step
         if key not in _FAILED:
             noises = torch.stack([d[0] for d in draws])

@@ -98,14 +98,16 @@ def test_kernel_names_and_metropolis_agree():
 @pytest.mark.parametrize("kernel", ["ula", "mala"])
 def test_compiled_chain_matches_eager_for_the_same_noise(kernel):
     """Compiled and eager chains of a conditional energy (a closure over x, as the posterior uses it), under
-    spectral norm with cached weights, agree to float tolerance; a second chain with new x does not recompile.
-    T = 20: one eager step, three compiled blocks of 5 steps, then four one-step graphs."""
+    spectral norm with cached weights, agree to float tolerance; no block compiles twice.
+    T = 23: MALA evaluates its start eagerly, then four compiled blocks of 5 steps and one of 3; ULA runs its first
+    step eagerly, then four blocks of 5 and one of 2."""
     net = _network(spectral_norm=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for seed in (3, 4):
         gen = torch.Generator().manual_seed(seed)
         x, z0 = torch.randn(32, 4, 2, generator=gen), torch.randn(32, 4, 1, generator=gen)
-        config = LangevinConfig(0.05, 20, kernel=kernel, final_step_size=0.01)
-        compiled = LangevinConfig(0.05, 20, kernel=kernel, final_step_size=0.01, compile=True)
+        config = LangevinConfig(0.05, 23, kernel=kernel, final_step_size=0.01)
+        compiled = LangevinConfig(0.05, 23, kernel=kernel, final_step_size=0.01, compile=True)
 
         def energy(zz, x=x):
             return net(x, zz)
@@ -118,9 +120,20 @@ def test_compiled_chain_matches_eager_for_the_same_noise(kernel):
         torch.testing.assert_close(z_c, z, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(acc_c, acc, rtol=0, atol=1.5 / (32 * 4))  # at most one flipped decision
     assert (kernel, "default") not in langevin_compiled._FAILED
-    assert langevin_compiled.BLOCK == 5 and {(kernel, "default", 5), (kernel, "default", 1)} <= set(
+    rest = 3 if kernel == "mala" else 2
+    # One graph per block length for both chains: neither the eager start's strided gradient (a slice of the
+    # gradient of E([x, z])) nor the second chain's new x compiles the block again.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
+    assert langevin_compiled.BLOCK == 5 and {(kernel, "default", 5), (kernel, "default", rest)} <= set(
         langevin_compiled._COMPILED
     )
+
+
+def test_a_chain_is_cut_into_whole_blocks_and_one_shorter_block():
+    assert langevin_compiled.block_lengths(50) == [5] * 10  # T_n: one graph per shape
+    assert langevin_compiled.block_lengths(23) == [5, 5, 5, 5, 3]
+    assert langevin_compiled.block_lengths(4) == [4]
+    assert langevin_compiled.block_lengths(0) == []
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning():
