@@ -38,5 +38,15 @@ def test_sampler_config_reaches_every_kernel(make_cfg):
     assert model.posterior.config.kernel == "mala" and model.negative_config.kernel == "ula"
     assert model.long_chain_config().kernel == "ula"  # evaluation follows the negative kernel's Metropolis setting
     assert model.hparams.posterior["store_device"] == "cpu"
-    defaults = build_model(make_cfg(run="default"), instantiate(cfg.data).prepare())
-    assert not defaults.negative_config.compile and defaults.negative_config.kernel == "mala"
+    smoke = build_model(make_cfg(run="smoke"), instantiate(cfg.data).prepare())  # debug=fast: eager chains
+    assert not smoke.negative_config.compile and smoke.negative_config.kernel == "mala"
+
+
+def test_the_main_config_compiles_the_chains_and_the_smoke_run_does_not(tmp_path):
+    """``python train.py`` compiles every chain (README "Inner-loop speed": 2.75x end to end on a CPU);
+    ``debug=fast``, whose chains are too short to pay back the compilation, runs them eagerly."""
+    from lvebm_lightning.config import compose_config
+
+    main = compose_config(tmp_path / "main", [])
+    assert main.sampler.compile and main.model.posterior.compile and main.model.negative.compile
+    assert not compose_config(tmp_path / "smoke", ["debug=fast"]).model.negative.compile
