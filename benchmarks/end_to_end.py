@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import matmul_gflops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS: dict[str, tuple[str, ...]] = {"eager": (), "compiled": ("sampler.compile=true",)}
+VARIANTS: dict[str, tuple[str, ...]] = {"eager": ("sampler.compile=false",), "compiled": ("sampler.compile=true",)}
 METRICS = ("test/w2", "test/w2_floor", "test/nll", "test/elbo")
 
 

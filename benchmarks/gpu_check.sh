@@ -3,6 +3,7 @@
 # autocast, host-memory store), resume, the compiled kernel against eager on the same noise, and the speed table.
 #
 #   OUT=gpu_out bash benchmarks/gpu_check.sh        # from the repository root, with the package importable
+#   DEVICE=cpu STEPS=20 bash benchmarks/gpu_check.sh  # a dry run of every stage on the CPU (no GPU needed)
 #
 # Everything lands in $OUT: one run folder per training, speed_gpu.txt (benchmarks/speed.py on the GPU) and
 # gpu_check.txt (the summary: final W2 / NLL per variant, resume, store and kernel agreement). Each stage has its
@@ -11,16 +12,23 @@
 set -uo pipefail
 OUT=${OUT:-gpu_check_out}
 STEPS=${STEPS:-300}
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ]; then ACCELERATOR=gpu; SPEED_ARGS=(); else ACCELERATOR=cpu; SPEED_ARGS=(--quick --repeats 1); fi
+export DEVICE
 mkdir -p "$OUT"
 REPORT="$OUT/gpu_check.txt"
 : >"$REPORT"
 say() { echo "$*" | tee -a "$REPORT"; }
 
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { say "no CUDA device: nothing checked"; exit 1; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/# gpu: /' | tee -a "$REPORT"
+if [ "$DEVICE" = cuda ]; then
+  python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || { say "no CUDA device: nothing checked"; exit 1; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/# gpu: /' | tee -a "$REPORT"
+else
+  say "# dry run on the CPU: every stage, no CUDA path exercised"
+fi
 python -c "import torch; print('# torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$REPORT"
 
-COMMON=(trainer.accelerator=gpu trainer.devices=1 "trainer.max_steps=$STEPS" "trainer.val_check_interval=$STEPS"
+COMMON=("trainer.accelerator=$ACCELERATOR" trainer.devices=1 "trainer.max_steps=$STEPS" "trainer.val_check_interval=$STEPS"
         logger=csv callbacks.model_checkpoint.every_n_train_steps=100)
 train() {  # train NAME SECONDS OVERRIDES...
   local name=$1 limit=$2; shift 2
@@ -32,11 +40,11 @@ train() {  # train NAME SECONDS OVERRIDES...
   fi
 }
 
-train eager 80
+train eager 80 sampler.compile=false
 train compiled 80 sampler.compile=true
 train compiled_bf16 80 sampler.compile=true sampler.autocast=true
-train host_store 80 sampler.posterior.store_device=cpu
-train resumed 60 "ckpt_path=$OUT/eager/checkpoints/last.ckpt" "trainer.max_steps=$((STEPS + 100))" \
+train host_store 80 sampler.compile=false sampler.posterior.store_device=cpu
+train resumed 60 sampler.compile=false "ckpt_path=$OUT/eager/checkpoints/last.ckpt" "trainer.max_steps=$((STEPS + 100))" \
   "trainer.val_check_interval=$((STEPS + 100))"
 
 OUT="$OUT" timeout 30 python - <<'EOF' 2>&1 | tee -a "$REPORT"
@@ -57,25 +65,26 @@ if a is not None and b is not None:
 EOF
 
 timeout 60 python - <<'EOF' 2>&1 | tee -a "$REPORT"
-import torch
+import os, torch
 from torch.nn.utils import parametrize
 from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 torch.manual_seed(0)
+device = os.environ["DEVICE"]
 for sn in (False, True):
-    net = MLPEnergy(2, 1, spectral_norm=sn).cuda()
-    y0 = torch.randn(4096, 3, device="cuda")
+    net = MLPEnergy(2, 1, spectral_norm=sn).to(device)
+    y0 = torch.randn(4096, 3, device=device)
     for kernel in ("ula", "mala"):
         runs = {}
         for compiled in (False, True):
             config = LangevinConfig(0.01, 50, kernel=kernel, compile=compiled)
             with parametrize.cached():
-                runs[compiled] = langevin(on_pairs(net, 2), y0, config, torch.Generator("cuda").manual_seed(1))
+                runs[compiled] = langevin(on_pairs(net, 2), y0, config, torch.Generator(device).manual_seed(1))
         diff = float((runs[True][0] - runs[False][0]).abs().max())
         print(f"kernel {kernel} spectral_norm={sn}: compiled vs eager max |diff| {diff:.3g}, "
               f"acceptance {float(runs[False][1]):.4f} vs {float(runs[True][1]):.4f}")
 EOF
 
-timeout 120 python benchmarks/speed.py --device cuda --out "$OUT/speed_gpu.txt" >"$OUT/speed_gpu.log" 2>&1 \
+timeout 120 python benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --out "$OUT/speed_gpu.txt" >"$OUT/speed_gpu.log" 2>&1 \
   && say "speed table: $OUT/speed_gpu.txt" || say "speed: FAILED or timed out (see speed_gpu.log)"
 cat "$OUT/speed_gpu.txt" 2>/dev/null | tee -a "$REPORT"

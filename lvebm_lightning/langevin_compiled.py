@@ -8,16 +8,17 @@ block is a pure function of the state (y, U, grad U, acceptance sum), its step s
 annealed h does not recompile) and its noise ``[b, ..., d]`` (and uniforms ``[b, ...]``), drawn from the generator
 just before the call, step by step in the eager path's order; the same noise therefore gives the same samples to
 float tolerance. The steps are cut into whole blocks of ``BLOCK`` and one shorter block for what is left, so a
-chain of T steps makes at most two calls' worth of graphs per shape, and one when BLOCK divides T (the defaults:
+chain of T steps compiles at most two block graphs per shape, and one when BLOCK divides T (the defaults:
 T_z = 10, T_n = 50, T_eval = 4000). Nothing inside the chain reads a tensor on the host. Blocks amortise the
 per-call overhead (guards, wrappers, the noise stack; about 0.15 ms a call on this project's CPUs, measured) that
 bounds small batches: at width 128, batch 256 a block of 5 ran 1.14-1.17x the one-step graph in an earlier session
 (README "Inner-loop speed"), at the price of a longer first compilation.
 
-- What runs eagerly first is what the step keeps in its state: an adjusted step (MALA) evaluates U and grad U at the
-  start eagerly, and then every step is compiled; an unadjusted one (ULA) keeps nothing, so its first step runs
-  eagerly. Under ``parametrize.cached()`` (spectral norm) that eager evaluation computes the normalised weights
-  once, so the compiled steps read them as plain tensors: once per chain, never per step.
+- The start: an adjusted step (MALA) keeps U and grad U of the current point in its state, evaluated at the start
+  by a graph of its own (``Step.init``, compiled); an unadjusted one (ULA) evaluates nothing there, so all T steps
+  run in the blocks. Under ``parametrize.cached()`` (spectral norm) one eager evaluation comes first instead (MALA's
+  start, or ULA's first step): it computes the normalised weights once, so the compiled steps read them as plain
+  tensors: once per chain, never per step.
 - On CUDA the block is compiled with ``mode="reduce-overhead"``: each block is a replayed CUDA graph (no kernel
   launches from Python), ``torch.compiler.cudagraph_mark_step_begin`` marks each call, and the result is cloned
   out of the graph's memory pool.
@@ -39,6 +40,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from lvebm_lightning.langevin import EnergyFn, LangevinConfig, energy_and_grad, mean_acceptance, network_precision
 from lvebm_lightning.langevin_steps import STEPS, ChainState, GradFn, Step, StepFn
@@ -85,6 +87,14 @@ def _compiled_block(kernel: str, mode: str, n: int) -> Callable[..., ChainState]
     return _COMPILED[key]
 
 
+def _compiled_start(kernel: str, mode: str) -> Callable[..., ChainState]:
+    """The step's initial state (U and grad U at the start, for an adjusted step) as one graph."""
+    key = (kernel, mode, 0)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(STEPS[kernel].init, fullgraph=True, dynamic=False, mode=mode)
+    return _COMPILED[key]
+
+
 def compiled_langevin(
     energy: EnergyFn, y: Tensor, config: LangevinConfig, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -99,20 +109,50 @@ def compiled_langevin(
     traced_grad = functional_grad(energy, config.autocast)
     sizes = config.step_sizes()
     h = torch.tensor(sizes, device=y.device, dtype=y.dtype)
-    state = step.init(eager_grad, y)
     t = 0
-    if not step.adjusted:  # nothing evaluated yet: the first step runs eagerly (cached weights, see above)
-        noise, uniform = step.draw(y, generator)
-        state = step.update(eager_grad, state, sizes[0], noise, uniform, config.grad_clip)
-        t = 1
-    # Contiguous, as the blocks return them: an eager gradient can be a strided view (grad z of E([x, z]) is a
-    # slice of grad [x, z]), and a stride that differs from the next call's would compile the block a second time.
-    state = ChainState(*(v if v is None else v.contiguous() for v in state))
     with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+        if parametrize._cache_enabled:  # cached weights (spectral norm): one eager evaluation computes them
+            state = step.init(eager_grad, y)
+            if not step.adjusted:  # nothing evaluated yet: the first step runs eagerly
+                noise, uniform = step.draw(y, generator)
+                state = step.update(eager_grad, state, sizes[0], noise, uniform, config.grad_clip)
+                t = 1
+        else:
+            state = _start(step, key, traced_grad, eager_grad, y, config)
+        # Contiguous, as the blocks return them: an eager gradient can be a strided view (grad z of E([x, z]) is
+        # a slice of grad [x, z]), and a stride that differs from the next call's would compile the block again.
+        state = ChainState(*(v if v is None else v.contiguous() for v in state))
         state = _compiled_steps(step, key, traced_grad, eager_grad, state, h, sizes, t, y, config, generator)
     if y.is_cuda:
         state = ChainState(*(None if v is None else v.clone() for v in state))
     return state.y, mean_acceptance(step, state, config.n_steps)
+
+
+def _start(
+    step: Step, key: tuple[str, str], traced_grad: GradFn, eager_grad: GradFn, y: Tensor, config: LangevinConfig
+) -> ChainState:
+    """The chain's initial state: compiled where the step evaluates anything (MALA), eager on failure."""
+    if not step.adjusted or key in _FAILED:
+        return step.init(eager_grad, y)
+    try:
+        if y.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad():
+            return _compiled_start(*key)(traced_grad, y)
+    except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the eager start
+        _fail(key, config, err)
+        return step.init(eager_grad, y)
+
+
+def _fail(key: tuple[str, str], config: LangevinConfig, err: Exception) -> None:
+    """Run this step function eagerly from now on, after one warning."""
+    _FAILED.add(key)
+    first_line = (str(err).strip().splitlines() or [""])[0][:200]
+    warnings.warn(
+        f"lvebm: torch.compile of the {config.kernel} Langevin step failed ({type(err).__name__}: {first_line}); "
+        "running it eagerly. Set sampler.compile=false to silence this.",
+        stacklevel=4,
+    )
 
 
 def block_lengths(n_steps: int) -> list[int]:
@@ -140,13 +180,7 @@ def _compiled_steps(
                 t += n
                 continue
             except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the same eager steps
-                _FAILED.add(key)
-                first_line = (str(err).strip().splitlines() or [""])[0][:200]
-                warnings.warn(
-                    f"lvebm: torch.compile of the {config.kernel} Langevin step failed ({type(err).__name__}: "
-                    f"{first_line}); running it eagerly. Set sampler.compile=false to silence this.",
-                    stacklevel=3,
-                )
+                _fail(key, config, err)
         for i, (noise, uniform) in enumerate(draws):
             state = step.update(eager_grad, state, sizes[t + i], noise, uniform, config.grad_clip)
         t += n

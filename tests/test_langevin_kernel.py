@@ -11,11 +11,11 @@ import warnings
 
 import pytest
 import torch
-from torch.nn.utils import parametrize
 
 from lvebm_lightning import langevin_compiled
 from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.sampling import cached_weights
 
 
 def _frozen_energy_and_grad(energy, y):
@@ -95,38 +95,46 @@ def test_kernel_names_and_metropolis_agree():
         LangevinConfig(0.1, 1, kernel="hmc")
 
 
-@pytest.mark.parametrize("kernel", ["ula", "mala"])
-def test_compiled_chain_matches_eager_for_the_same_noise(kernel):
-    """Compiled and eager chains of a conditional energy (a closure over x, as the posterior uses it), under
-    spectral norm with cached weights, agree to float tolerance; no block compiles twice.
-    T = 23: MALA evaluates its start eagerly, then four compiled blocks of 5 steps and one of 3; ULA runs its first
-    step eagerly, then four blocks of 5 and one of 2."""
-    net = _network(spectral_norm=True)
+# T = 23. Cached spectral-norm weights: MALA evaluates its start eagerly (which computes the weights), then four
+# compiled blocks of 5 steps and one of 3; ULA runs its first step eagerly, then four blocks of 5 and one of 2.
+# Plain weights: MALA's start is a graph of its own, then blocks 5 and 3; ULA evaluates nothing at its start and
+# runs every step in the blocks 5 and 3. The batch differs between the two, so each counts its own graphs.
+GRAPHS = {  # (kernel, spectral norm): (batch, the block lengths compiled (0: the start), new graphs)
+    ("ula", True): (32, {5, 2}, 2), ("mala", True): (32, {5, 3}, 2),
+    ("ula", False): (24, {5, 3}, 2), ("mala", False): (24, {0, 5, 3}, 3),
+}
+
+
+@pytest.mark.parametrize(("kernel", "spectral_norm"), list(GRAPHS))
+def test_compiled_chain_matches_eager_for_the_same_noise(kernel, spectral_norm):
+    """Compiled and eager chains of a conditional energy (a closure over x, as the posterior uses it), with and
+    without spectral norm (cached weights, as training and evaluation run it), agree to float tolerance; no graph
+    compiles twice."""
+    net = _network(spectral_norm=spectral_norm)
+    batch, lengths, new_graphs = GRAPHS[kernel, spectral_norm]
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for seed in (3, 4):
         gen = torch.Generator().manual_seed(seed)
-        x, z0 = torch.randn(32, 4, 2, generator=gen), torch.randn(32, 4, 1, generator=gen)
+        x, z0 = torch.randn(batch, 4, 2, generator=gen), torch.randn(batch, 4, 1, generator=gen)
         config = LangevinConfig(0.05, 23, kernel=kernel, final_step_size=0.01)
         compiled = LangevinConfig(0.05, 23, kernel=kernel, final_step_size=0.01, compile=True)
 
         def energy(zz, x=x):
             return net(x, zz)
 
-        with parametrize.cached(), warnings.catch_warnings():
+        with cached_weights(net), warnings.catch_warnings():
             warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager: fail
             z, acc = langevin(energy, z0, config, torch.Generator().manual_seed(seed))
             z_c, acc_c = langevin(energy, z0, compiled, torch.Generator().manual_seed(seed))
         assert not torch.equal(z, z0)
         torch.testing.assert_close(z_c, z, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(acc_c, acc, rtol=0, atol=1.5 / (32 * 4))  # at most one flipped decision
+        torch.testing.assert_close(acc_c, acc, rtol=0, atol=1.5 / (batch * 4))  # at most one flipped decision
     assert (kernel, "default") not in langevin_compiled._FAILED
-    rest = 3 if kernel == "mala" else 2
     # One graph per block length for both chains: neither the eager start's strided gradient (a slice of the
-    # gradient of E([x, z])) nor the second chain's new x compiles the block again.
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 2
-    assert langevin_compiled.BLOCK == 5 and {(kernel, "default", 5), (kernel, "default", rest)} <= set(
-        langevin_compiled._COMPILED
-    )
+    # gradient of E([x, z])) nor the second chain's new x compiles a block again.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == new_graphs
+    assert langevin_compiled.BLOCK == 5
+    assert {(kernel, "default", n) for n in lengths} <= set(langevin_compiled._COMPILED)
 
 
 def test_a_chain_is_cut_into_whole_blocks_and_one_shorter_block():
@@ -163,11 +171,11 @@ def test_compiled_path_stays_compiled_past_the_users_recompile_limit():
     energy = on_pairs(net, 2)
     with warnings.catch_warnings(), torch._dynamo.config.patch(recompile_limit=2):
         warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager: fail
-        for b in range(5, 8):  # T = 6: one eager step, then one 5-step block, one graph per batch size
+        for b in range(5, 8):  # ULA, T = 5: one 5-step block, one graph per batch size
             y0 = torch.randn(b, 3, generator=torch.Generator().manual_seed(b))
-            eager, _ = langevin(energy, y0, LangevinConfig(0.05, 6), torch.Generator().manual_seed(b))
+            eager, _ = langevin(energy, y0, LangevinConfig(0.05, 5), torch.Generator().manual_seed(b))
             compiled, _ = langevin(
-                energy, y0, LangevinConfig(0.05, 6, compile=True), torch.Generator().manual_seed(b)
+                energy, y0, LangevinConfig(0.05, 5, compile=True), torch.Generator().manual_seed(b)
             )
             torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
         assert torch._dynamo.config.recompile_limit == 2
