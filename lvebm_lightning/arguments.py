@@ -72,6 +72,10 @@ class InferArgs:
         None, "Langevin step size (null: the run's sampler.posterior.step_size)", POSITIVE
     )
     seed: int | None = arg(None, f"seed of the chains ({RUN_STREAM})")
+    start: str = arg(
+        "prior", "where the chains start: prior (N(0, I)) or neighbours (the persistent particles of the nearest "
+        "training data; persistent-method checkpoints)"
+    )
     device: str = arg("auto", "cpu, cuda, cuda:1, or auto (cuda when available)")
 
 

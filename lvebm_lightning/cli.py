@@ -98,6 +98,8 @@ def _sample(a: SampleArgs) -> None:
 
 
 def _infer(a: InferArgs) -> None:
+    if a.start not in ("prior", "neighbours"):
+        raise UsageError(f"start must be prior or neighbours, got {a.start!r}.")
     ckpt = _checkpoint(a.ckpt)
     _data(a.data)
     out = _output(a.out, ckpt, "posterior.npz", (".npz", ".npy"), "posterior particles")
@@ -107,7 +109,7 @@ def _infer(a: InferArgs) -> None:
 
     model = load(ckpt, a.device)
     x = load_data(model, a.data)
-    z = infer(model, x, a.n_particles, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed)
+    z = infer(model, x, a.n_particles, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed, start=a.start)
     if out.suffix.lower() == ".npz":
         np.savez(out, x=x.numpy(), z=z)
     else:

@@ -16,8 +16,12 @@ Inputs and outputs are in the data's own units (the checkpoint holds the standar
 - **Model samples** are fresh joint chains from N(0, I) moved by T_eval Langevin steps of size h_eval (the
   ``sampler.long_chains`` settings of training), the distribution that the validation W2 measures; ``source="pool"``
   returns the persistent negative pool instead (its state at the checkpoint).
-- **Posterior particles** are K fresh conditional chains per datum, z <- z - h grad_z E(x_b, z) + sqrt(2h) xi
-  from N(0, I), T_eval steps of the training posterior step size h_z unless given.
+- **Posterior particles** are K fresh conditional chains per datum, z <- z - h grad_z E(x_b, z) + sqrt(2h) xi,
+  T_eval steps of the training posterior step size h_z unless given, started from N(0, I) (``start="prior"``) or,
+  for a checkpoint of the persistent method, from the persistent particles of the K training data nearest to x_b
+  (``start="neighbours"``, ``neighbour_start``): the store amortises inference. Both target p(z | x_b); the
+  neighbours' particles start the chains in the modes that training found for similar data, where chains from
+  N(0, I) can stay in a minor mode (README "The paper's claims": the pendulum's particle ELBO).
 - **Metrics** are those of the validation callback with the model samples drawn from the same random stream, so
   ``evaluate(model, "val")`` on the run's own validation split gives the val/w2, val/w2_floor and val/nll that
   training logged at the checkpoint's step (``lvebm_lightning.scoring``). The W2 floor uses the run's training
@@ -40,7 +44,8 @@ from lvebm_lightning.loading import InferenceError, LoadedModel, check_positive,
 from lvebm_lightning.reconstruct import reconstruct
 
 __all__ = [
-    "CHUNK", "InferenceError", "LoadedModel", "evaluate", "infer", "load", "load_data", "reconstruct", "sample",
+    "CHUNK", "InferenceError", "LoadedModel", "evaluate", "infer", "load", "load_data", "nearest_rows",
+    "neighbour_start", "reconstruct", "sample",
 ]
 
 CHUNK = 65536
@@ -109,6 +114,7 @@ def infer(
     n_steps: int | None = None,
     step_size: float | None = None,
     seed: int | None = None,
+    start: str = "prior",
     device: str = "cpu",
 ) -> np.ndarray:
     """Posterior particles ``[B, K, dz]`` of z | x_b for data ``[B, dx]`` (data units; a file, an array, or
@@ -118,24 +124,68 @@ def infer(
         n_particles: K, particles per datum.
         n_steps, step_size: T and h of the conditional chains (default: T_eval and the posterior h_z).
         seed: the chains' random stream (default: the run's evaluation stream at the checkpoint's step).
+        start: ``prior`` (chains from N(0, I)) or ``neighbours`` (from the persistent particles of the K nearest
+            training data, ``neighbour_start``; checkpoints of the persistent method only).
     """
     check_positive(n_particles=n_particles, step_size=step_size)
     if not isinstance(n_particles, int):
         raise InferenceError(f"n_particles must be a whole number, got {n_particles!r}.")
     if n_steps is not None and (not isinstance(n_steps, int) or n_steps < 0):
         raise InferenceError(f"n_steps must be a whole number >= 0, got {n_steps!r}.")
+    if start not in STARTS:
+        raise InferenceError(f"start must be one of {', '.join(STARTS)}, got {start!r}.")
     model = load(ckpt, device)
     if model.dz == 0:
         raise InferenceError(f"{model.path} is a model without latents (model.dz=0): there is no z to infer.")
+    if start == "neighbours" and model.particles is None:
+        raise InferenceError(
+            f"{model.path} holds no persistent posterior particles (only sampler.posterior.kind=persistent keeps "
+            "them), so chains cannot start from the training data's; use start=prior."
+        )
     x = load_data(model, data)
     x_std = model.module.to_standard_units(x.to(model.module.device))
     generator = model.generator(seed, 1)
     rows = max(1, CHUNK // n_particles)
     z = [
-        model.module.infer_standardised(chunk, n_particles, n_steps, step_size, generator)
+        model.module.infer_standardised(
+            chunk, n_particles, n_steps, step_size, generator,
+            z_start=neighbour_start(model, chunk, n_particles) if start == "neighbours" else None,
+        )
         for chunk in x_std.split(rows)
     ]
     return torch.cat(z).cpu().numpy()
+
+
+STARTS = ("prior", "neighbours")
+"""Where ``infer``'s chains start: N(0, I), or the persistent particles of the nearest training data."""
+
+
+def neighbour_start(model: LoadedModel, x_std: Tensor, n_particles: int) -> Tensor:
+    """Starting points ``[B, K, dz]`` for the chains of standardised data ``[B, dx]``: the persistent particles of
+    the training data nearest to each x_b (Euclidean, standardised units), all K' particles of each of the
+    ceil(K / K') nearest data in order of distance, the first K of them."""
+    assert model.particles is not None, "neighbour_start needs a checkpoint of the persistent method"
+    particles = model.particles.to(x_std.device)  # [N, K', dz], row i: training datum i
+    train_std = model.module.to_standard_units(model.run_data().raw["train"].to(x_std.device))
+    per_datum = particles.shape[1]
+    n_neighbours = -(-n_particles // per_datum)
+    nearest = nearest_rows(x_std, train_std, n_neighbours)  # [B, n]
+    return particles[nearest].flatten(1, 2)[:, :n_particles].to(x_std.dtype)
+
+
+def nearest_rows(query: Tensor, reference: Tensor, k: int, block: int = 65536) -> Tensor:
+    """Indices ``[B, k]`` of the k rows of ``reference`` ``[N, d]`` nearest to each row of ``query`` ``[B, d]``,
+    nearest first; the distances are computed ``block`` reference rows at a time, so memory stays O(B block)."""
+    k = min(k, reference.shape[0])
+    best_d = torch.full((query.shape[0], 0), float("inf"), device=query.device)
+    best_i = torch.zeros((query.shape[0], 0), dtype=torch.long, device=query.device)
+    for lo in range(0, reference.shape[0], block):
+        d = torch.cdist(query, reference[lo : lo + block])
+        index = lo + torch.arange(d.shape[1], device=d.device).expand_as(d)
+        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, index], 1)
+        best_d, order = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+        best_i = i.gather(1, order)
+    return best_i
 
 
 def evaluate(

@@ -89,12 +89,16 @@ class SamplingAPI:
     @torch.no_grad()
     def infer_standardised(
         self, x_std: Tensor, n_particles: int, n_steps: int | None = None, step_size: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, z_start: Tensor | None = None,
     ) -> Tensor:
         """Posterior particles ``[B, K, dz]`` for standardised data ``[B, dx]`` from fresh conditional chains of
-        T_eval steps (h_z and the posterior kernel's Metropolis setting unless given)."""
+        T_eval steps (h_z and the posterior kernel's Metropolis setting unless given), started from N(0, I) or from
+        ``z_start`` ``[B, K, dz]``."""
         generator = generator or self.draw_generator(self.global_step, 1)
-        z = torch.randn(x_std.shape[0], n_particles, self.dz, generator=generator, device=self.device)
+        if z_start is None:
+            z = torch.randn(x_std.shape[0], n_particles, self.dz, generator=generator, device=self.device)
+        else:
+            z = z_start.to(self.device)
         config = self.long_chain_config(
             n_steps, step_size or self.posterior.config.step_size, self.posterior.config.metropolis
         )

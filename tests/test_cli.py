@@ -104,6 +104,34 @@ def test_infer_gives_posterior_particles_of_each_datum(gaussian_ckpt):
     assert abs(z.var() / var - 1) < 4 * math.sqrt(2 / n)
 
 
+def test_neighbour_start_begins_each_chain_at_the_persistent_particles_of_the_nearest_training_data(ckpt):
+    """start=neighbours: chain k of datum b starts at the stored particles of its k-th nearest training datum
+    (standardised units), so with no steps a training datum gets its own particles first, then its neighbours'."""
+    model = load(ckpt)
+    train = model.run_data().raw["train"]
+    x = train[:6]
+    k = 3
+    z = infer(model, x, n_particles=k, n_steps=0, seed=0, start="neighbours")
+    train_std = model.module.to_standard_units(train)
+    nearest = torch.cdist(train_std[:6], train_std).topk(k, largest=False).indices  # brute force
+    assert torch.equal(nearest[:, 0], torch.arange(6))  # a training datum is its own nearest
+    assert np.array_equal(z, model.particles[nearest, 0].numpy())  # K' = 1 particle per training datum
+    prior = infer(model, x, n_particles=k, n_steps=0, seed=0)
+    assert not np.array_equal(prior, z)
+    # The chains then move from there: T steps change the particles.
+    moved = infer(model, x, n_particles=k, n_steps=5, seed=0, start="neighbours")
+    assert moved.shape == z.shape and not np.array_equal(moved, z)
+
+
+def test_neighbour_start_needs_a_persistent_store_and_a_known_start(ckpt):
+    model = load(ckpt)
+    with pytest.raises(InferenceError, match="start must be one of prior, neighbours"):
+        infer(model, "test", n_particles=2, n_steps=0, start="nearest")
+    model.particles = None  # what a short-run or amortised checkpoint holds
+    with pytest.raises(InferenceError, match="holds no persistent posterior particles"):
+        infer(model, "test", n_particles=2, n_steps=0, start="neighbours")
+
+
 def test_evaluate_reproduces_the_metrics_logged_in_training(run_dir, ckpt):
     for split in ("val", "test"):
         metrics = evaluate(ckpt, split)
@@ -178,6 +206,12 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
     with np.load(tmp_path / "post.npz") as saved:
         assert saved["z"].shape == (7, 5, 1)
         np.testing.assert_array_equal(saved["x"], np.load(points))
+    code, _, _ = run_command(infer_main, [f"ckpt={ckpt}", f"data={points}", "n_particles=5", "n_steps=0",
+                                          "start=neighbours", f"out={tmp_path / 'nb.npy'}"], capsys)
+    assert code == 0
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "nb.npy"), infer(ckpt, np.load(points), 5, n_steps=0, start="neighbours")
+    )
 
     code, out, _ = run_command(eval_main, [f"ckpt={ckpt}", "data=val", f"out={tmp_path / 'm.json'}"], capsys)
     metrics = json.loads((tmp_path / "m.json").read_text())
@@ -199,6 +233,8 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
         (infer_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/p.npz"],
          "three.npy has 3 columns but the model was trained on dx=2"),
         (infer_main, ["ckpt={ckpt}", "data={tmp}/missing.npy", "out={tmp}/p.npz"], "missing.npy is neither a split"),
+        (infer_main, ["ckpt={ckpt}", "data=val", "start=nearest", "out={tmp}/p.npz"],
+         "start must be prior or neighbours, got 'nearest'"),
         (eval_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/e.json"], "has 3 columns"),
         (eval_main, ["ckpt={tmp}", "data=val", "out={tmp}/e.json"], "is a folder; pass the .ckpt file"),
         (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/full.npy", "out={tmp}/r.npz"], "has no NaN entries"),
