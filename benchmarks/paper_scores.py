@@ -77,36 +77,49 @@ def recon_scores(samples: Tensor, mean: Tensor, target: Tensor) -> dict[str, flo
 
 
 def elbo_gaps(
-    model: LoadedModel, data: Any, budget: Any, seed: int, chain_steps: tuple[int, ...] | None = None
-) -> tuple[list[Tensor], Tensor]:
+    model: LoadedModel, data: Any, budget: Any, seed: int, chain_steps: tuple[int, ...] | None = None,
+    starts: tuple[str, ...] = ("prior",),
+) -> tuple[dict[tuple[str, int], Tensor], dict[str, Tensor]]:
     """Per-datum particle ELBO minus the ELBO of a Gaussian encoder fitted to the same frozen energy (their
-    difference needs no log Z), ``[n_probe]`` for each posterior chain length in ``chain_steps`` (default: the
-    budget's), K fresh chains per test datum; and the posterior particles of the last chain length."""
+    difference needs no log Z), ``[n_probe]`` for each chain start (``inference.infer``'s ``start``: ``prior``,
+    ``neighbours``) and posterior chain length in ``chain_steps`` (default: the budget's), K fresh chains per test
+    datum; and the posterior particles of each start at the last chain length. Every particle ELBO draws from the
+    same stream, so the starts and lengths are compared on common random numbers."""
     module = model.module
     x = data.raw["test"][: budget.n_probe]
     x_std = module.to_standard_units(x)
     gen = torch.Generator().manual_seed(seed)
-    particles = []
-    for i, steps in enumerate(chain_steps or (budget.chain_steps,)):
-        z = torch.from_numpy(infer(model, x, budget.n_particles, n_steps=steps, seed=seed))
-        generator = gen if i == 0 else torch.Generator().manual_seed(seed)  # the first: the paper table's draws
-        particles.append(elbo(module.energy, x_std, z, 0.0, budget.elbo_samples, generator).elbo)
-        if i == 0:
-            train_std = module.to_standard_units(data.raw["train"][: budget.encoder_data])
-            fitted = fit_encoder(module.energy, train_std, model.dz, max_steps=budget.encoder_steps, generator=gen)
-            encoder, _ = encoder_bounds(module.energy, fitted.encoder, x_std, 0.0, budget.elbo_samples, gen)
-    return [particle - encoder for particle in particles], z
+    train_std = module.to_standard_units(data.raw["train"][: budget.encoder_data])
+    fitted = fit_encoder(module.energy, train_std, model.dz, max_steps=budget.encoder_steps, generator=gen)
+    encoder, _ = encoder_bounds(module.energy, fitted.encoder, x_std, 0.0, budget.elbo_samples, gen)
+    gaps: dict[tuple[str, int], Tensor] = {}
+    particles: dict[str, Tensor] = {}
+    for start in starts:
+        for steps in chain_steps or (budget.chain_steps,):
+            z = torch.from_numpy(infer(model, x, budget.n_particles, n_steps=steps, seed=seed, start=start))
+            bound = elbo(module.energy, x_std, z, 0.0, budget.elbo_samples, torch.Generator().manual_seed(seed))
+            gaps[start, steps] = bound.elbo - encoder
+            particles[start] = z
+    return gaps, particles
 
 
 def latent_scores(model: LoadedModel, data: Any, budget: Any, seed: int) -> dict[str, float]:
     """Posterior of the test data by K fresh chains: the particle ELBO against the fitted encoder's (``elbo_gaps``;
-    mean, its standard error and the median over test data), and the k-NN probe of the hidden truth."""
+    mean, its standard error and the median over test data), and the k-NN probe of the hidden truth. A model of the
+    persistent method starts its chains from the stored particles of the nearest training data (its store
+    amortises inference, ``inference.neighbour_start``), every other from N(0, I); the method's gain from N(0, I)
+    is reported beside (``elbo_gain_prior``)."""
     module, out = model.module, {}
     x = data.raw["test"][: budget.n_probe]
     x_std = module.to_standard_units(x)
-    (gap,), z = elbo_gaps(model, data, budget, seed)
+    starts = ("neighbours", "prior") if model.particles is not None else ("prior",)
+    gaps, particles = elbo_gaps(model, data, budget, seed, starts=starts)
+    gap, z = gaps[starts[0], budget.chain_steps], particles[starts[0]]
     out.update(elbo_gain=float(gap.mean()), elbo_gain_se=float(gap.std() / math.sqrt(len(gap))),
-               elbo_gain_median=float(gap.median()))
+               elbo_gain_median=float(gap.median()), elbo_start=starts[0])
+    if len(starts) > 1:
+        prior = gaps["prior", budget.chain_steps]
+        out.update(elbo_gain_prior=float(prior.mean()), elbo_gain_prior_se=float(prior.std() / math.sqrt(len(prior))))
     target = truth(data, x)
     if target is not None:
         out["r2_posterior"] = float(cv_knn_r2(z.mean(1), target)[0])
