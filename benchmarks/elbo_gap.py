@@ -33,11 +33,15 @@ def main() -> None:
     parser.add_argument("--method", default="persistent", choices=latent_methods)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chain-steps", default="1000,4000", help="comma-separated posterior chain lengths T")
-    parser.add_argument("--starts", default="prior,neighbours",
-                        help="comma-separated chain starts (neighbours: persistent checkpoints only)")
+    parser.add_argument("--starts", default=None,
+                        help="comma-separated chain starts (default: prior,neighbours for the persistent method, whose "
+                        "store the neighbours' particles come from; prior for the others)")
     args = parser.parse_args()
     steps = tuple(int(t) for t in args.chain_steps.split(","))
-    starts = tuple(args.starts.split(","))
+    default = "prior,neighbours" if args.method == "persistent" else "prior"
+    starts = tuple((args.starts or default).split(","))
+    if "neighbours" in starts and args.method != "persistent":
+        parser.error(f"--starts neighbours needs the persistent method's store; {args.method} keeps none")
     budget = paper.Budget()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

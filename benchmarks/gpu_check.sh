@@ -35,6 +35,7 @@ train() {  # train NAME SECONDS OVERRIDES...
   local start=$SECONDS
   if timeout "$limit" python train.py "${COMMON[@]}" "hydra.run.dir=$OUT/$name" "$@" >"$OUT/$name.log" 2>&1; then
     say "train $name: ok in $((SECONDS - start)) s"
+    grep -h "lvebm: torch.compile" "$OUT/$name.log" | head -1 | sed 's/^/  FELL BACK TO EAGER: /' | tee -a "$REPORT"
   else
     say "train $name: FAILED (exit $?, see $name.log)"; tail -5 "$OUT/$name.log" | tee -a "$REPORT"
   fi
@@ -65,10 +66,11 @@ if a is not None and b is not None:
 EOF
 
 timeout 60 python - <<'EOF' 2>&1 | tee -a "$REPORT"
-import os, torch
-from torch.nn.utils import parametrize
+import os, warnings, torch
 from lvebm_lightning.energy import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.sampling import cached_weights
+warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager fails the check
 torch.manual_seed(0)
 device = os.environ["DEVICE"]
 for sn in (False, True):
@@ -78,7 +80,7 @@ for sn in (False, True):
         runs = {}
         for compiled in (False, True):
             config = LangevinConfig(0.01, 50, kernel=kernel, compile=compiled)
-            with parametrize.cached():
+            with cached_weights(net):  # as training runs it: cached only with spectral norm
                 runs[compiled] = langevin(on_pairs(net, 2), y0, config, torch.Generator(device).manual_seed(1))
         diff = float((runs[True][0] - runs[False][0]).abs().max())
         print(f"kernel {kernel} spectral_norm={sn}: compiled vs eager max |diff| {diff:.3g}, "

@@ -35,6 +35,8 @@ def missing_data(data: str) -> str:
 
 
 POSITIVE, NON_NEGATIVE = "positive", "non_negative"
+STARTS = ("prior", "neighbours")
+"""Where ``infer``'s chains start: N(0, I), or the persistent particles of the nearest training data."""
 RUN_STREAM = "null: the run's evaluation stream at the checkpoint's step"
 
 

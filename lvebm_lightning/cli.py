@@ -26,6 +26,7 @@ from typing import Any
 
 from lvebm_lightning.arguments import (
     SPLITS,
+    STARTS,
     EvalArgs,
     InferArgs,
     ReconstructArgs,
@@ -98,8 +99,8 @@ def _sample(a: SampleArgs) -> None:
 
 
 def _infer(a: InferArgs) -> None:
-    if a.start not in ("prior", "neighbours"):
-        raise UsageError(f"start must be prior or neighbours, got {a.start!r}.")
+    if a.start not in STARTS:
+        raise UsageError(f"start must be {' or '.join(STARTS)}, got {a.start!r}.")
     ckpt = _checkpoint(a.ckpt)
     _data(a.data)
     out = _output(a.out, ckpt, "posterior.npz", (".npz", ".npy"), "posterior particles")

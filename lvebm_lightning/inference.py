@@ -18,7 +18,7 @@ Inputs and outputs are in the data's own units (the checkpoint holds the standar
   returns the persistent negative pool instead (its state at the checkpoint).
 - **Posterior particles** are K fresh conditional chains per datum, z <- z - h grad_z E(x_b, z) + sqrt(2h) xi,
   T_eval steps of the training posterior step size h_z unless given, started from N(0, I) (``start="prior"``) or,
-  for a checkpoint of the persistent method, from the persistent particles of the K training data nearest to x_b
+  for a checkpoint of the persistent method, from the persistent particles of the training data nearest to x_b
   (``start="neighbours"``, ``neighbour_start``): the store amortises inference. Both target p(z | x_b); the
   neighbours' particles start the chains in the modes that training found for similar data, where chains from
   N(0, I) can stay in a minor mode (README "The paper's claims": the pendulum's particle ELBO).
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lvebm_lightning.arguments import STARTS
 from lvebm_lightning.loading import InferenceError, LoadedModel, check_positive, load, load_data
 from lvebm_lightning.reconstruct import reconstruct
 
@@ -156,10 +157,6 @@ def infer(
     return torch.cat(z).cpu().numpy()
 
 
-STARTS = ("prior", "neighbours")
-"""Where ``infer``'s chains start: N(0, I), or the persistent particles of the nearest training data."""
-
-
 def neighbour_start(model: LoadedModel, x_std: Tensor, n_particles: int) -> Tensor:
     """Starting points ``[B, K, dz]`` for the chains of standardised data ``[B, dx]``: the persistent particles of
     the training data nearest to each x_b (Euclidean, standardised units), all K' particles of each of the
@@ -167,22 +164,35 @@ def neighbour_start(model: LoadedModel, x_std: Tensor, n_particles: int) -> Tens
     assert model.particles is not None, "neighbour_start needs a checkpoint of the persistent method"
     particles = model.particles.to(x_std.device)  # [N, K', dz], row i: training datum i
     train_std = model.module.to_standard_units(model.run_data().raw["train"].to(x_std.device))
-    per_datum = particles.shape[1]
-    n_neighbours = -(-n_particles // per_datum)
-    nearest = nearest_rows(x_std, train_std, n_neighbours)  # [B, n]
+    if particles.shape[0] != train_std.shape[0]:
+        raise InferenceError(
+            f"{model.path} holds particles of {particles.shape[0]} training data but its config rebuilds "
+            f"{train_std.shape[0]}; the data behind the run changed, so use start=prior."
+        )
+    n_data, per_datum = particles.shape[:2]
+    if n_particles > n_data * per_datum:
+        raise InferenceError(
+            f"n_particles={n_particles} chains per datum but the store holds {n_data * per_datum} particles in all; "
+            f"ask for at most {n_data * per_datum} or use start=prior."
+        )
+    nearest = nearest_rows(x_std, train_std, -(-n_particles // per_datum))  # [B, ceil(K / K')]
     return particles[nearest].flatten(1, 2)[:, :n_particles].to(x_std.dtype)
 
 
-def nearest_rows(query: Tensor, reference: Tensor, k: int, block: int = 65536) -> Tensor:
+def nearest_rows(query: Tensor, reference: Tensor, k: int, budget: int = 2**22) -> Tensor:
     """Indices ``[B, k]`` of the k rows of ``reference`` ``[N, d]`` nearest to each row of ``query`` ``[B, d]``,
-    nearest first; the distances are computed ``block`` reference rows at a time, so memory stays O(B block)."""
+    nearest first. Distances are computed for blocks of about ``budget / B`` reference rows at a time and each
+    block's k nearest merged with the best so far, so memory stays about ``budget`` distances (16 MiB by default)
+    plus O(B k), whatever N and B."""
     k = min(k, reference.shape[0])
-    best_d = torch.full((query.shape[0], 0), float("inf"), device=query.device)
-    best_i = torch.zeros((query.shape[0], 0), dtype=torch.long, device=query.device)
+    block = max(k, budget // max(1, query.shape[0]))
+    best_d = torch.empty((query.shape[0], 0), device=query.device)
+    best_i = torch.empty((query.shape[0], 0), dtype=torch.long, device=query.device)
     for lo in range(0, reference.shape[0], block):
-        d = torch.cdist(query, reference[lo : lo + block])
-        index = lo + torch.arange(d.shape[1], device=d.device).expand_as(d)
-        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, index], 1)
+        d, i = torch.cdist(query, reference[lo : lo + block]).topk(
+            min(k, reference[lo : lo + block].shape[0]), dim=1, largest=False
+        )
+        d, i = torch.cat([best_d, d], 1), torch.cat([best_i, lo + i], 1)
         best_d, order = d.topk(min(k, d.shape[1]), dim=1, largest=False)
         best_i = i.gather(1, order)
     return best_i

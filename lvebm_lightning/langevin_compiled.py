@@ -8,9 +8,10 @@ block is a pure function of the state (y, U, grad U, acceptance sum), its step s
 annealed h does not recompile) and its noise ``[b, ..., d]`` (and uniforms ``[b, ...]``), drawn from the generator
 just before the call, step by step in the eager path's order; the same noise therefore gives the same samples to
 float tolerance. The steps are cut into whole blocks of ``BLOCK`` and one shorter block for what is left, so a
-chain of T steps compiles at most two block graphs per shape, and one when BLOCK divides T (the defaults:
-T_z = 10, T_n = 50, T_eval = 4000). Nothing inside the chain reads a tensor on the host. Blocks amortise the
-per-call overhead (guards, wrappers, the noise stack; about 0.15 ms a call on this project's CPUs, measured) that
+chain of T compiled steps makes at most two block graphs per shape, and one when BLOCK divides T (the defaults:
+T_z = 10, T_n = 50, T_eval = 4000; with cached spectral-norm weights ULA compiles T - 1 steps, below). Nothing
+inside the chain reads a tensor on the host. Blocks amortise the per-call overhead (guards, wrappers, the noise
+stack; about 0.15 ms a call on this project's CPUs, measured with a tiny network) that
 bounds small batches: at width 128, batch 256 a block of 5 ran 1.14-1.17x the one-step graph in an earlier session
 (README "Inner-loop speed"), at the price of a longer first compilation.
 
@@ -20,8 +21,8 @@ bounds small batches: at width 128, batch 256 a block of 5 ran 1.14-1.17x the on
   start, or ULA's first step): it computes the normalised weights once, so the compiled steps read them as plain
   tensors: once per chain, never per step.
 - On CUDA the block is compiled with ``mode="reduce-overhead"``: each block is a replayed CUDA graph (no kernel
-  launches from Python), ``torch.compiler.cudagraph_mark_step_begin`` marks each call, and the result is cloned
-  out of the graph's memory pool.
+  launches from Python), ``torch.compiler.cudagraph_mark_step_begin`` marks each call, and every graph's outputs
+  are cloned out of its memory pool (``_owned``) before anything reads them, since the next replay overwrites it.
 - Under DDP the inner loops already call the energy network directly (not through the DDP wrapper), so the
   compiled graph never meets DDP's hooks.
 - Every step function's blocks share one code object, so dynamo's cache of it holds one graph per kernel,
@@ -99,6 +100,8 @@ def compiled_langevin(
     energy: EnergyFn, y: Tensor, config: LangevinConfig, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """``langevin(energy, y, config, generator)`` with compiled steps (module docstring); same arguments and results."""
+    if config.n_steps == 0:
+        return y.detach(), torch.ones((), device=y.device, dtype=y.dtype)
     step = STEPS[config.kernel]
     mode = "reduce-overhead" if y.is_cuda else "default"
     key = (config.kernel, mode)
@@ -111,7 +114,7 @@ def compiled_langevin(
     h = torch.tensor(sizes, device=y.device, dtype=y.dtype)
     t = 0
     with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
-        if parametrize._cache_enabled:  # cached weights (spectral norm): one eager evaluation computes them
+        if getattr(parametrize, "_cache_enabled", 0):  # cached (spectral-norm) weights: computed by one eager pass
             state = step.init(eager_grad, y)
             if not step.adjusted:  # nothing evaluated yet: the first step runs eagerly
                 noise, uniform = step.draw(y, generator)
@@ -123,9 +126,16 @@ def compiled_langevin(
         # a slice of grad [x, z]), and a stride that differs from the next call's would compile the block again.
         state = ChainState(*(v if v is None else v.contiguous() for v in state))
         state = _compiled_steps(step, key, traced_grad, eager_grad, state, h, sizes, t, y, config, generator)
-    if y.is_cuda:
-        state = ChainState(*(None if v is None else v.clone() for v in state))
     return state.y, mean_acceptance(step, state, config.n_steps)
+
+
+def _owned(state: ChainState) -> ChainState:
+    """A graph's outputs, cloned out of its CUDA-graph memory pool on CUDA (``reduce-overhead``), where the next
+    replay would overwrite them: the next block, an eager fallback and the caller then read tensors of their own.
+    A no-op on the CPU, where the outputs are ordinary tensors."""
+    if not state.y.is_cuda:
+        return state
+    return ChainState(*(None if v is None else v.clone() for v in state))
 
 
 def _start(
@@ -138,7 +148,7 @@ def _start(
         if y.is_cuda:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():
-            return _compiled_start(*key)(traced_grad, y)
+            return _owned(_compiled_start(*key)(traced_grad, y))
     except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the eager start
         _fail(key, config, err)
         return step.init(eager_grad, y)
@@ -151,7 +161,7 @@ def _fail(key: tuple[str, str], config: LangevinConfig, err: Exception) -> None:
     warnings.warn(
         f"lvebm: torch.compile of the {config.kernel} Langevin step failed ({type(err).__name__}: {first_line}); "
         "running it eagerly. Set sampler.compile=false to silence this.",
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -176,7 +186,7 @@ def _compiled_steps(
                     torch.compiler.cudagraph_mark_step_begin()
                 with torch.no_grad():  # one grad mode for every call site, so it never triggers a recompile
                     block = _compiled_block(*key, n)
-                    state = block(traced_grad, state, h[t : t + n], noises, uniforms, config.grad_clip)
+                    state = _owned(block(traced_grad, state, h[t : t + n], noises, uniforms, config.grad_clip))
                 t += n
                 continue
             except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the same eager steps

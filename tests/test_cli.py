@@ -127,6 +127,9 @@ def test_neighbour_start_needs_a_persistent_store_and_a_known_start(ckpt):
     model = load(ckpt)
     with pytest.raises(InferenceError, match="start must be one of prior, neighbours"):
         infer(model, "test", n_particles=2, n_steps=0, start="nearest")
+    n_stored = model.particles.shape[0] * model.particles.shape[1]
+    with pytest.raises(InferenceError, match=f"the store holds {n_stored} particles in all"):
+        infer(model, "test", n_particles=n_stored + 1, n_steps=0, start="neighbours")
     model.particles = None  # what a short-run or amortised checkpoint holds
     with pytest.raises(InferenceError, match="holds no persistent posterior particles"):
         infer(model, "test", n_particles=2, n_steps=0, start="neighbours")

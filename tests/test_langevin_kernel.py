@@ -144,6 +144,32 @@ def test_a_chain_is_cut_into_whole_blocks_and_one_shorter_block():
     assert langevin_compiled.block_lengths(0) == []
 
 
+def test_a_block_that_fails_to_compile_runs_its_noise_eagerly_with_one_warning():
+    """ULA evaluates nothing at its start, so its first compiled block is where compilation fails: that block's drawn
+    noise, and every later step, run eagerly, giving the eager chain bit for bit."""
+
+    def untraceable(y):  # a host read of a tensor value: dynamo cannot keep it in one graph
+        return 0.5 * (y**2).sum(-1) * float(y.abs().max() > -1.0)
+
+    y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
+    eager, _ = langevin(untraceable, y0, LangevinConfig(0.1, 12), torch.Generator().manual_seed(6))
+    langevin_compiled._FAILED.discard(("ula", "default"))
+    with pytest.warns(UserWarning, match="torch.compile of the ula Langevin step failed") as record:
+        compiled, _ = langevin(untraceable, y0, LangevinConfig(0.1, 12, compile=True), torch.Generator().manual_seed(6))
+    langevin_compiled._FAILED.discard(("ula", "default"))
+    assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
+    assert torch.equal(compiled, eager)
+
+
+def test_a_compiled_chain_of_no_steps_returns_its_start():
+    y0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    for kernel in ("ula", "mala"):
+        y, accept = langevin_compiled.compiled_langevin(
+            on_pairs(_network(), 2), y0, LangevinConfig(0.1, 0, kernel=kernel, compile=True)
+        )
+        assert torch.equal(y, y0) and float(accept) == 1.0
+
+
 def test_compile_failure_falls_back_to_eager_with_one_warning():
     def untraceable(y):  # a host read of a tensor value: dynamo cannot keep it in one graph
         return 0.5 * (y**2).sum(-1) * float(y.abs().max() > -1.0)
