@@ -10,7 +10,7 @@ Two sources of truth, so that no key needs a rule of its own:
   argument's type hint where the hint is a plain type (int, float, bool, str, a Literal, a list, or a union of
   these).
 
-Values that are well-typed but out of range are left to ``config.validate`` and to the constructors themselves
+Values that are well-typed but out of range are left to ``validation.validate`` and to the constructors themselves
 (``training.prepare`` turns their errors into the same one-line ``ConfigError``).
 """
 
@@ -26,7 +26,7 @@ from hydra.core.override_parser.types import Override
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lvebm_lightning.config import ConfigError
+from lvebm_lightning.validation import ConfigError
 
 CONSUMED = {"model": {"lr"}}
 """Keys of a ``_target_`` node that ``train`` reads itself instead of passing them on."""

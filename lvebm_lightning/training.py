@@ -38,11 +38,11 @@ from lvebm_lightning.checkpointing import (
     data_identity,
     read_checkpoint,
 )
-from lvebm_lightning.config import ConfigError, expected_world_size, validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
 from lvebm_lightning.data.files import DataFileError
 from lvebm_lightning.divergence import TrainingDiverged
 from lvebm_lightning.module import LVEBMModule
+from lvebm_lightning.validation import ConfigError, expected_world_size, validate
 
 log = logging.getLogger(__name__)
 

@@ -339,7 +339,7 @@ def test_ais_log_partition_is_pooled_over_ranks(tmp_path):
 def test_expected_world_size_reads_devices_as_lightning_does(make_cfg, devices, nodes, world):
     from omegaconf import open_dict
 
-    from lvebm_lightning.config import expected_world_size
+    from lvebm_lightning.validation import expected_world_size
 
     cfg = make_cfg()
     with open_dict(cfg):
@@ -348,7 +348,7 @@ def test_expected_world_size_reads_devices_as_lightning_does(make_cfg, devices, 
 
 
 def test_ddp_settings_that_cannot_work_are_rejected_before_training(make_cfg):
-    from lvebm_lightning.config import ConfigError, validate
+    from lvebm_lightning.validation import ConfigError, validate
 
     # 4 ranks x 64 pairs need a pool of at least 256.
     with pytest.raises(ConfigError, match=r"pool_size=200 .* x 4 rank"):

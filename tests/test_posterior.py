@@ -28,12 +28,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lvebm_lightning.config import ConfigError, validate
 from lvebm_lightning.data.systems import LinearGaussian
 from lvebm_lightning.energy import MLPEnergy
 from lvebm_lightning.langevin import LangevinConfig
 from lvebm_lightning.posterior import AmortisedPosterior, PersistentPosterior, ShortRunPosterior, build_posterior
 from lvebm_lightning.training import train
+from lvebm_lightning.validation import ConfigError, validate
 from tests.helpers.encoder_probe import RECORDS, OptimizerRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
