@@ -147,12 +147,13 @@ def infer(
     x_std = model.module.to_standard_units(x.to(model.module.device))
     generator = model.generator(seed, 1)
     rows = max(1, CHUNK // n_particles)
+    # Every datum's starting points at once (its checks before any chain runs), then chunked with the data.
+    starts = neighbour_start(model, x_std, n_particles).split(rows) if start == "neighbours" else None
     z = [
         model.module.infer_standardised(
-            chunk, n_particles, n_steps, step_size, generator,
-            z_start=neighbour_start(model, chunk, n_particles) if start == "neighbours" else None,
+            chunk, n_particles, n_steps, step_size, generator, z_start=None if starts is None else starts[i]
         )
-        for chunk in x_std.split(rows)
+        for i, chunk in enumerate(x_std.split(rows))
     ]
     return torch.cat(z).cpu().numpy()
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from lvebm_lightning import inference
 from lvebm_lightning.cli import eval_main, infer_main, reconstruct_main, sample_main
 from lvebm_lightning.inference import InferenceError, evaluate, infer, load, reconstruct, sample
 from lvebm_lightning.training import train
@@ -121,6 +122,14 @@ def test_neighbour_start_begins_each_chain_at_the_persistent_particles_of_the_ne
     # The chains then move from there: T steps change the particles.
     moved = infer(model, x, n_particles=k, n_steps=5, seed=0, start="neighbours")
     assert moved.shape == z.shape and not np.array_equal(moved, z)
+
+def test_neighbour_starts_follow_their_data_across_chunks(ckpt, monkeypatch):
+    """Data are inferred in chunks of CHUNK // K rows: each chunk's chains start at its own data's neighbours."""
+    model = load(ckpt)
+    x = model.run_data().raw["train"][:7]
+    whole = infer(model, x, n_particles=3, n_steps=0, seed=0, start="neighbours")
+    monkeypatch.setattr(inference, "CHUNK", 6)  # 2 data per chunk: chunks of 2, 2, 2, 1
+    assert np.array_equal(infer(model, x, n_particles=3, n_steps=0, seed=0, start="neighbours"), whole)
 
 
 def test_neighbour_start_needs_a_persistent_store_and_a_known_start(ckpt):
