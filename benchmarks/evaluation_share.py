@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import sys
 import tempfile
 import time
@@ -47,11 +48,10 @@ PARTS = (
 
 
 class PartTimer:
-    """Wall time of each wrapped function, per evaluation (a validation or the test) in which it ran."""
+    """Start time and duration of every call of each wrapped function (``perf_counter``: the phases' clock)."""
 
     def __init__(self) -> None:
-        self.phase = "training"
-        self.seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.calls: list[tuple[str, float, float]] = []  # (label, start, seconds)
         self._originals: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, label: str) -> None:
@@ -63,7 +63,7 @@ class PartTimer:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds[self.phase][label] += time.perf_counter() - start
+                self.calls.append((label, start, time.perf_counter() - start))
 
         self._originals.append((owner, name, owner.__dict__.get(name)))
         setattr(owner, name, timed)
@@ -75,33 +75,33 @@ class PartTimer:
             else:
                 setattr(owner, name, own)
 
+    def within(self, start: float, end: float) -> dict[str, float]:
+        """Seconds per label of the calls that started in ``[start, end]``."""
+        seconds: dict[str, float] = defaultdict(float)
+        for label, t, dt in self.calls:
+            if start <= t <= end:
+                seconds[label] += dt
+        return seconds
+
 
 class EvaluationPhases(PhaseTimer):
-    """``PhaseTimer`` that also names the phase (``validation 1``, ``validation 2``, ..., ``test``) for the parts."""
+    """``PhaseTimer`` that also writes each validation's and the test's start and end (``perf_counter``)."""
 
-    def __init__(self, path: str, parts: PartTimer) -> None:
+    def __init__(self, path: str) -> None:
         super().__init__(path)
-        self.parts, self.validations = parts, 0
-        self.phase_seconds: dict[str, float] = {}
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        super().on_validation_start(trainer, pl_module)
-        self.validations += 1
-        self.parts.phase = f"validation {self.validations} (step {trainer.global_step})"
-        self._phase_start = time.perf_counter()
+        self.phases: list[tuple[str, float, float]] = []
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        self.phase_seconds[self.parts.phase] = time.perf_counter() - self._phase_start
-        self.parts.phase = "training"
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        super().on_test_start(trainer, pl_module)
-        self.parts.phase = "test"
+        name = f"validation {len(self.phases) + 1} (step {trainer.global_step})"
+        self.phases.append((name, self._start["validation"], time.perf_counter()))
 
     def on_test_end(self, trainer, pl_module) -> None:
+        self.phases.append(("test", self._start["test"], time.perf_counter()))
         super().on_test_end(trainer, pl_module)
-        self.phase_seconds["test"] = self.times["test"]
+
+    def _write(self) -> None:
+        self.path.write_text(json.dumps({**self.times, "steps": self.steps, "phases": self.phases}))
 
 
 def main() -> None:
@@ -121,22 +121,20 @@ def main() -> None:
         parts.wrap(getattr(module, owner_name) if owner_name else module, name, label)
     gflops = [matmul_gflops("cpu")]
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "run"
-        cfg = compose_config(run_dir, ["logger=csv", *overrides])
-        timer = EvaluationPhases(str(Path(tmp) / "timings.json"), parts)
-        import benchmarks.evaluation_share as this  # the instance is handed over through the module
-
-        this.TIMER = timer
+        cfg = compose_config(Path(tmp) / "run", ["logger=csv", *overrides])
+        timings = Path(tmp) / "timings.json"
         with open_dict(cfg):
-            cfg.callbacks.phase_timer = {"_target_": "benchmarks.evaluation_share.current_timer"}
+            cfg.callbacks.phase_timer = {"_target_": "benchmarks.evaluation_share.EvaluationPhases",
+                                         "path": str(timings)}
         start = time.perf_counter()
         metrics = train(cfg)
         wall = time.perf_counter() - start
+        timer = json.loads(timings.read_text())
     parts.restore()
     gflops.append(matmul_gflops("cpu"))
-    steps = timer.steps
-    train_s = timer.times["fit"] - timer.times["validation"]
-    evaluation_s = timer.times["validation"] + timer.times["test"]
+    steps = timer["steps"]
+    train_s = timer["fit"] - timer["validation"]
+    evaluation_s = timer["validation"] + timer["test"]
     posterior, negative, chains = cfg.sampler.posterior, cfg.sampler.negative, cfg.sampler.long_chains
     train_moves = steps * cfg.data.batch_size * (posterior.n_steps * posterior.n_particles + negative.n_steps)
     chain_moves = chains.n_samples * chains.n_steps
@@ -153,25 +151,17 @@ def main() -> None:
           + (f", the gallery's posterior clouds {cloud_moves:.3g}" if gallery is not None else ""))
     print(f"{'part':<44} {'seconds':>8} {'% of training':>14}")
     print(f"{'training steps (fit minus validation)':<44} {train_s:>8.2f} {100.0:>14.1f}")
-    for phase, seconds in timer.phase_seconds.items():
+    for phase, begin, end in timer["phases"]:
+        seconds, inside = end - begin, parts.within(begin, end)
         print(f"{phase:<44} {seconds:>8.2f} {100 * seconds / train_s:>14.1f}")
         for *_, label in PARTS:  # in the order of PARTS: each part, then what it contains
-            if label in parts.seconds[phase]:
-                part_s = parts.seconds[phase][label]
+            if label in inside:
+                part_s = inside[label]
                 print(f"  {label:<42} {part_s:>8.2f} {100 * part_s / train_s:>14.1f}")
     print(f"{'evaluation in all (validations and test)':<44} {evaluation_s:>8.2f} {100 * evaluation_s / train_s:>14.1f}"
           "   (target <= 10)")
     final = {k: round(float(v), 4) for k, v in metrics.items() if k in ("test/w2", "test/nll", "test/elbo")}
     print(f"# final {final}")
-
-
-TIMER: EvaluationPhases | None = None
-
-
-def current_timer() -> EvaluationPhases:
-    """The timer ``main`` made, for the run's callback config (``_target_``)."""
-    assert TIMER is not None
-    return TIMER
 
 
 if __name__ == "__main__":
