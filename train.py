@@ -5,7 +5,7 @@ so); 1 training diverged (the last good checkpoint is kept); 2 bad input (config
 reported in one line before anything is written; 143 stopped by SIGTERM after saving last.ckpt.
 
 A plain run (no ``--flags``, no multirun) is composed, checked and prepared (data read, model, callbacks and a
-trial trainer built: ``lvebm_lightning.training.prepare``) before Hydra creates the run directory, and torch and
+trial trainer built: ``lvebm_lightning.training.run.prepare``) before Hydra creates the run directory, and torch and
 Lightning are imported only once the command line is known to be well-formed.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from lvebm_lightning.config import ConfigError, check_overrides
+from lvebm_lightning.config.compose import ConfigError, check_overrides
 from lvebm_lightning.errors import exit_with_error
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -47,9 +47,9 @@ def check_multirun(cfg: DictConfig) -> None:
 
 def prepare_or_exit(cfg: DictConfig) -> Any:
     """``training.prepare``, with a bad input reported in one line (exit 2) and a finished run in one (exit 0)."""
-    from lvebm_lightning.checkpointing import CheckpointError
     from lvebm_lightning.data.files import DataFileError
-    from lvebm_lightning.training import RunFinished, prepare
+    from lvebm_lightning.training.checkpointing import CheckpointError
+    from lvebm_lightning.training.run import RunFinished, prepare
 
     try:
         return prepare(cfg)
@@ -64,8 +64,8 @@ def prepare_or_exit(cfg: DictConfig) -> Any:
 def main(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from lvebm_lightning.divergence import TrainingDiverged
-    from lvebm_lightning.training import run
+    from lvebm_lightning.training.divergence import TrainingDiverged
+    from lvebm_lightning.training.run import run
 
     try:
         check_multirun(cfg)

@@ -46,8 +46,8 @@ import lightning.pytorch as pl
 ROOT = Path(__file__).resolve().parents[1]
 # Benchmark the checkout this script sits in, not another installed copy of the package.
 sys.path.insert(0, str(ROOT))
-from lvebm_lightning.config import compose_config  # noqa: E402  (needs the path above)
-from lvebm_lightning.training import train  # noqa: E402
+from lvebm_lightning.config.compose import compose_config  # noqa: E402  (needs the path above)
+from lvebm_lightning.training.run import train  # noqa: E402
 
 METHODS: dict[str, list[str]] = {
     "persistent": ["sampler=persistent"],

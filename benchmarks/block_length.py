@@ -2,7 +2,7 @@
 
     python benchmarks/block_length.py [--batch 2000] [--steps 4000] [--blocks 5 20 50] [--repeats 2]
 
-The compiled path (``lvebm_lightning.langevin_compiled``) runs a chain in blocks of ``BLOCK`` steps, one graph
+The compiled path (``lvebm_lightning.langevin.compiled``) runs a chain in blocks of ``BLOCK`` steps, one graph
 each. Longer blocks amortise the per-call overhead over more steps, at the price of a longer compilation. This
 times, for each block length, the first call (compilation of the start and the block graphs, on whatever
 inductor cache the machine has) and the best of ``--repeats`` chains of the evaluation's shape (default: the
@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.speed import matmul_gflops  # noqa: E402
-from lvebm_lightning import langevin_compiled  # noqa: E402
-from lvebm_lightning.energy import MLPEnergy  # noqa: E402
+from lvebm_lightning.energies import MLPEnergy  # noqa: E402
 from lvebm_lightning.langevin import LangevinConfig, langevin  # noqa: E402
+from lvebm_lightning.langevin import compiled as langevin_compiled  # noqa: E402
 
 
 def main() -> None:
@@ -48,11 +48,11 @@ def main() -> None:
     try:
         for block in args.blocks:
             langevin_compiled.BLOCK = block
-            first = LangevinConfig(0.01, 2 * block, metropolis=True, compile=True)
+            first = LangevinConfig(0.01, 2 * block, kernel="mala", compile=True)
             start = time.perf_counter()
             langevin(joint, y, first, torch.Generator().manual_seed(0))
             compile_s = time.perf_counter() - start
-            chain = LangevinConfig(0.01, args.steps, metropolis=True, compile=True)
+            chain = LangevinConfig(0.01, args.steps, kernel="mala", compile=True)
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()

@@ -37,7 +37,7 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 # Benchmark the checkout this script sits in, not another installed copy of the package.
 sys.path.insert(0, str(ROOT))
-from lvebm_lightning.training import build_model  # noqa: E402  (needs the path above)
+from lvebm_lightning.training.run import build_model  # noqa: E402  (needs the path above)
 
 
 def parse_args() -> argparse.Namespace:

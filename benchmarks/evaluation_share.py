@@ -37,7 +37,7 @@ from benchmarks.speed import matmul_gflops  # noqa: E402
 
 PARTS = (
     ("callbacks.metrics", "EvaluationMetrics", "_start", "chains and quadrature (epoch start)"),
-    ("lvebm_lightning.module", "LVEBMModule", "model_samples", "  fresh long chains"),
+    ("lvebm_lightning.training.module", "LVEBMModule", "model_samples", "  fresh long chains"),
     ("callbacks.metrics", None, "quadrature", "  quadrature of log Z"),
     ("callbacks.metrics", "EvaluationMetrics", "_end", "W2, ELBO, observables (epoch end)"),
     ("callbacks.metrics", None, "sample_distances", "  exact W2 (model, pool, floor)"),
@@ -109,8 +109,8 @@ def main() -> None:
 
     from omegaconf import open_dict
 
-    from lvebm_lightning.config import compose_config
-    from lvebm_lightning.training import train
+    from lvebm_lightning.config.compose import compose_config
+    from lvebm_lightning.training.run import train
 
     overrides = sys.argv[1:]
     if any(a.startswith("-") for a in overrides):

@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.speed import matmul_gflops  # noqa: E402
-from lvebm_lightning.config import compose_config  # noqa: E402
-from lvebm_lightning.energy import MLPEnergy  # noqa: E402
+from lvebm_lightning.config.compose import compose_config  # noqa: E402
+from lvebm_lightning.energies import MLPEnergy  # noqa: E402
 from lvebm_lightning.langevin import LangevinConfig, langevin  # noqa: E402
-from lvebm_lightning.particles import ParticleStore  # noqa: E402
-from lvebm_lightning.posterior import conditional_langevin  # noqa: E402
-from lvebm_lightning.schedule import warmup_cosine  # noqa: E402
-from lvebm_lightning.training import train  # noqa: E402
+from lvebm_lightning.particles import conditional_langevin  # noqa: E402
+from lvebm_lightning.particles.store import ParticleStore  # noqa: E402
+from lvebm_lightning.training.run import train  # noqa: E402
+from lvebm_lightning.training.schedule import warmup_cosine  # noqa: E402
 
 
 class StepTimer(pl.Callback):
@@ -111,8 +111,8 @@ def plain_rate(steps: int, warmup: int, compiled: bool, seed: int = 0) -> tuple[
     store = ParticleStore(n, 1, dz)
     store.init_(gen)
     pool = torch.randn(pool_size, dx + dz, generator=gen)
-    posterior = LangevinConfig(0.01, 10, metropolis=True, compile=compiled)
-    negative = LangevinConfig(0.01, 50, metropolis=True, compile=compiled)
+    posterior = LangevinConfig(0.01, 10, kernel="mala", compile=compiled)
+    negative = LangevinConfig(0.01, 50, kernel="mala", compile=compiled)
     opt = torch.optim.Adam(energy.parameters(), lr=1e-3, betas=(0.0, 0.999))
     sched = warmup_cosine(opt, total_steps=steps)
 

@@ -67,9 +67,9 @@ EOF
 
 timeout 60 python - <<'EOF' 2>&1 | tee -a "$REPORT"
 import os, warnings, torch
-from lvebm_lightning.energy import MLPEnergy, on_pairs
+from lvebm_lightning.energies.base import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
-from lvebm_lightning.sampling import cached_weights
+from lvebm_lightning.training.sampling import cached_weights
 warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager fails the check
 torch.manual_seed(0)
 device = os.environ["DEVICE"]

@@ -18,7 +18,7 @@ import time
 import torch
 from torch.nn.utils import parametrize
 
-from lvebm_lightning.energy import MLPEnergy
+from lvebm_lightning.energies import MLPEnergy
 from lvebm_lightning.langevin import LangevinConfig, langevin
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.speed import matmul_gflops  # noqa: E402
-from lvebm_lightning.energy import MLPEnergy, on_pairs  # noqa: E402
+from lvebm_lightning.energies import MLPEnergy, on_pairs  # noqa: E402
 from lvebm_lightning.langevin import LangevinConfig, langevin  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
@@ -43,7 +43,7 @@ def main() -> None:
         torch.manual_seed(0)
         energy = on_pairs(MLPEnergy(2, 1, width=width, depth=2), 2)
         y = torch.randn(args.batch, 3)
-        config = LangevinConfig(0.01, args.steps, metropolis=True, compile=True)
+        config = LangevinConfig(0.01, args.steps, kernel="mala", compile=True)
         for _ in range(2):  # compile, then one warm run
             langevin(energy, y, config, torch.Generator().manual_seed(0))
         with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:

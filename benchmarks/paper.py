@@ -60,11 +60,11 @@ from baselines import TIMERS  # noqa: E402
 from flow import fit_flow, flow_nll, flow_sample  # noqa: E402
 from paper_report import gallery, tables  # noqa: E402
 
-from lvebm_lightning.config import compose_config  # noqa: E402
-from lvebm_lightning.divergence import TrainingDiverged  # noqa: E402
+from lvebm_lightning.config.compose import compose_config  # noqa: E402
 from lvebm_lightning.inference import load, sample  # noqa: E402
 from lvebm_lightning.metrics.evaluation import sample_distances  # noqa: E402
-from lvebm_lightning.training import train  # noqa: E402
+from lvebm_lightning.training.divergence import TrainingDiverged  # noqa: E402
+from lvebm_lightning.training.run import train  # noqa: E402
 
 
 @dataclass(frozen=True)

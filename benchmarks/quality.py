@@ -82,7 +82,7 @@ class PhaseTimer(pl.Callback):
 
 def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
     """``conf/train.yaml`` with ``overrides`` and the phase timer, its run directory set to ``output_dir``."""
-    from lvebm_lightning.config import compose_config as compose_train
+    from lvebm_lightning.config.compose import compose_config as compose_train
 
     cfg = compose_train(output_dir, overrides)
     with open_dict(cfg):
@@ -93,7 +93,7 @@ def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
 
 def run_one(dataset: str, seed: int, out: Path, overrides: list[str]) -> dict[str, Any]:
     """Train the default experiment on ``dataset`` with ``seed``; the test metrics of the last-step model."""
-    from lvebm_lightning.training import train
+    from lvebm_lightning.training.run import train
 
     run_dir = out / f"{dataset}_seed{seed}"
     cfg = compose_config(

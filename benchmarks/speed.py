@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import torch
 
-from lvebm_lightning.energy import MLPEnergy, on_pairs
+from lvebm_lightning.energies import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
-from lvebm_lightning.particles import ParticleStore
+from lvebm_lightning.particles.store import ParticleStore
 
 H = 0.01
 

@@ -46,7 +46,7 @@ from lvebm_lightning.metrics.evaluation import (
     quadrature,
     sample_distances,
 )
-from lvebm_lightning.particles import shard_indices
+from lvebm_lightning.particles.store import shard_indices
 
 
 class SampleSet(Metric):
@@ -218,6 +218,7 @@ class EvaluationMetrics(pl.Callback):
             result = ais_log_partition(
                 pl_module.energy, pl_module.dx, pl_module.dz, n_chains=self._per_rank(self.ais_chains, trainer),
                 n_temperatures=self.ais_temperatures, generator=pl_module.draw_generator(pl_module.global_step, 3),
+                kernel=pl_module.long_chain_config().kernel,
             )
             log_weights = self._gather(result.log_weights.unsqueeze(-1), device).squeeze(-1)
             log_z = float(log_weights.logsumexp(0)) - math.log(len(log_weights))

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lvebm_lightning.distributed import distributed
-from lvebm_lightning.particles import gather_rows, shard_indices
+from lvebm_lightning.particles.store import gather_rows, shard_indices
 from lvebm_lightning.seeding import STREAM_POOL, gather_generator_states, make_generator, restore_generator
 
 
@@ -38,7 +38,7 @@ class NegativePool(pl.Callback):
         init_scale: the init distribution is N(0, init_scale^2 I) in standardised units.
     """
 
-    def __init__(self, pool_size: int = 10000, reinit_prob: float = 0.05, init_scale: float = 1.0) -> None:
+    def __init__(self, pool_size: int, reinit_prob: float, init_scale: float = 1.0) -> None:
         if pool_size < 1:
             raise ValueError(f"negative pool_size must be >= 1, got {pool_size}.")
         if not 0.0 <= reinit_prob <= 1.0:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from lvebm_lightning.config import compose_config as compose_train
+from lvebm_lightning.config.compose import compose_config as compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from lvebm_lightning.checkpointing import CheckpointError
-from lvebm_lightning.config import ConfigError, check_overrides
+from lvebm_lightning.config.compose import ConfigError, check_overrides
 from lvebm_lightning.data.files import DataFileError
-from lvebm_lightning.training import train
+from lvebm_lightning.training.checkpointing import CheckpointError
+from lvebm_lightning.training.run import train
 from tests.conftest import CONF, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,9 @@ CASES: dict[str, Case] = {
                      r"sampler.posterior.n_particles must be a positive int, got 0"),
     "unknown_posterior_kernel": (lambda t, r: ["sampler.posterior.kernel=hmc"], ConfigError,
                                  r"unknown Langevin kernel sampler.posterior.kernel='hmc'; choose one of: mala, ula, "
-                                 r"or null .*sampler.posterior.kernel=mala"),
+                                 r"e.g. sampler.posterior.kernel=mala"),
+    "unknown_long_chain_kernel": (lambda t, r: ["sampler.long_chains.kernel=hmc"], ConfigError,
+                                  r"sampler.long_chains.kernel='hmc'; choose one of: mala, ula, or null"),
     "unknown_negative_kernel": (lambda t, r: ["sampler.negative.kernel=MALA"], ConfigError,
                                 r"unknown Langevin kernel sampler.negative.kernel='MALA'; choose one of: mala, ula"),
     "pool_smaller_than_batch": (lambda t, r: ["sampler.negative.pool_size=32"], ConfigError,

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from lvebm_lightning import inference
-from lvebm_lightning.cli import eval_main, infer_main, reconstruct_main, sample_main
-from lvebm_lightning.inference import InferenceError, evaluate, infer, load, reconstruct, sample
-from lvebm_lightning.training import train
+from lvebm_lightning.inference import InferenceError, draws, evaluate, infer, load, reconstruct, sample
+from lvebm_lightning.inference.commands import eval_main, infer_main, reconstruct_main, sample_main
+from lvebm_lightning.training.run import train
 from tests.conftest import compose_config
 from tests.helpers.commands import run_command
 
@@ -128,7 +127,7 @@ def test_neighbour_starts_follow_their_data_across_chunks(ckpt, monkeypatch):
     model = load(ckpt)
     x = model.run_data().raw["train"][:7]
     whole = infer(model, x, n_particles=3, n_steps=0, seed=0, start="neighbours")
-    monkeypatch.setattr(inference, "CHUNK", 6)  # 2 data per chunk: chunks of 2, 2, 2, 1
+    monkeypatch.setattr(draws, "CHUNK", 6)  # 2 data per chunk: chunks of 2, 2, 2, 1
     assert np.array_equal(infer(model, x, n_particles=3, n_steps=0, seed=0, start="neighbours"), whole)
 
 
@@ -286,7 +285,8 @@ def test_console_scripts_run_as_installed(ckpt, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert np.load(out).shape == (64, 2)
     bad = subprocess.run(
-        [sys.executable, "-m", "lvebm_lightning.cli", "infer", f"ckpt={tmp_path / 'none.ckpt'}", "data=val"],
+        [sys.executable, "-m", "lvebm_lightning.inference.commands", "infer", f"ckpt={tmp_path / 'none.ckpt'}",
+         "data=val"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode == 2

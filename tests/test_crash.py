@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvebm_lightning.training import train
+from lvebm_lightning.training.run import train
 from tests.conftest import compose_config
 from tests.helpers.checkpoints import assert_identical, training_state
 

@@ -339,7 +339,7 @@ def test_ais_log_partition_is_pooled_over_ranks(tmp_path):
 def test_expected_world_size_reads_devices_as_lightning_does(make_cfg, devices, nodes, world):
     from omegaconf import open_dict
 
-    from lvebm_lightning.validation import expected_world_size
+    from lvebm_lightning.config.validation import expected_world_size
 
     cfg = make_cfg()
     with open_dict(cfg):
@@ -348,7 +348,7 @@ def test_expected_world_size_reads_devices_as_lightning_does(make_cfg, devices, 
 
 
 def test_ddp_settings_that_cannot_work_are_rejected_before_training(make_cfg):
-    from lvebm_lightning.validation import ConfigError, validate
+    from lvebm_lightning.config.validation import ConfigError, validate
 
     # 4 ranks x 64 pairs need a pool of at least 256.
     with pytest.raises(ConfigError, match=r"pool_size=200 .* x 4 rank"):
@@ -360,8 +360,8 @@ def test_ddp_settings_that_cannot_work_are_rejected_before_training(make_cfg):
 
 
 def test_too_few_data_for_the_ranks_is_rejected_before_training(make_cfg):
-    from lvebm_lightning.config import ConfigError
-    from lvebm_lightning.training import train
+    from lvebm_lightning.config.compose import ConfigError
+    from lvebm_lightning.training.run import train
 
     cfg = make_cfg("trainer=ddp_cpu", "trainer.devices=4", "data.n_train=3")
     with pytest.raises(ConfigError, match="3 training data cannot be sharded over 4 ranks"):
@@ -377,7 +377,7 @@ def test_sampler_resumes_after_the_same_share_of_the_epoch_on_another_number_of_
     saved_world, done, world, epoch, skip
 ):
     """128 data, 16 per rank and step: ``done`` steps under ``saved_world`` ranks used done x saved_world x 16 data."""
-    from lvebm_lightning.data.sampler import ShardedBatchSampler
+    from lvebm_lightning.data.shards import ShardedBatchSampler
 
     sampler = ShardedBatchSampler(128, 16, rank=0, world_size=world, progress=lambda: done)
     sampler.load_state_dict({"consumed": done, "rank": 0, "world_size": saved_world})

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvebm_lightning.checkpointing import CheckpointError
-from lvebm_lightning.divergence import TrainingDiverged
-from lvebm_lightning.training import train
+from lvebm_lightning.training.checkpointing import CheckpointError
+from lvebm_lightning.training.divergence import TrainingDiverged
+from lvebm_lightning.training.run import train
 from tests.helpers.faults import BlowUpNegativeChains, PoisonLatents
 
 BASE = [
@@ -128,7 +128,7 @@ def test_train_py_reports_a_divergence_in_one_line_and_exits_1(tmp_path):
     such moves): nothing good to keep."""
     result = subprocess.run(
         [sys.executable, "train.py", "debug=fast", "trainer.accelerator=cpu", *BASE, "model.energy.gamma=1.0",
-         "sampler.negative.step_size=1000", "sampler.negative.n_steps=20", "sampler.negative.metropolis=false",
+         "sampler.negative.step_size=1000", "sampler.negative.n_steps=20", "sampler.negative.kernel=ula",
          f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )

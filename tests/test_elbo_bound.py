@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from lvebm_lightning.metrics import choose_box, elbo, log_marginal, log_partition
-from lvebm_lightning.training import build_model, instantiate_callbacks
+from lvebm_lightning.training.run import build_model, instantiate_callbacks
 
 
 @pytest.mark.slow

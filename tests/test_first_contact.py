@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lvebm_lightning.cli import eval_main, sample_main
+from lvebm_lightning.inference.commands import eval_main, sample_main
 from tests.helpers.commands import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,9 +160,9 @@ def test_sample_writes_beside_the_checkpoint_by_default(first, capsys):
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["-m", "lvebm_lightning.cli", "sample", "help"], 0),
-    (["-m", "lvebm_lightning.cli", "sample", "ckpt=x.ckpt", "nn=3"], 2),
-    (["-m", "lvebm_lightning.cli", "eval", "ckpt=README.md", "data=tset"], 2),
+    (["-m", "lvebm_lightning.inference.commands", "sample", "help"], 0),
+    (["-m", "lvebm_lightning.inference.commands", "sample", "ckpt=x.ckpt", "nn=3"], 2),
+    (["-m", "lvebm_lightning.inference.commands", "eval", "ckpt=README.md", "data=tset"], 2),
 ])
 def test_commands_answer_help_and_typos_before_importing_torch(args, expected):
     probe = ("import runpy, sys\nmodule, sys.argv = sys.argv[1], ['lvebm'] + sys.argv[2:]\ntry:\n"

@@ -29,7 +29,7 @@ def test_gaussian_mean_and_covariance_match_ula_stationary_law():
     generator = torch.Generator().manual_seed(0)
     y0 = torch.randn(N_CHAINS, 2, generator=generator) * 3.0
     # (1 - h a)^T with a = 1, h = 0.05, T = 400: 1e-9 of the initial offset remains.
-    y, _ = langevin(_gaussian_energy(precisions, mean), y0, LangevinConfig(h, 400), generator)
+    y, _ = langevin(_gaussian_energy(precisions, mean), y0, LangevinConfig(h, 400, kernel="ula"), generator)
     var_ula = 1.0 / (precisions * (1.0 - h * precisions / 2.0))
     se_mean = (var_ula / N_CHAINS).sqrt()
     se_var = var_ula * math.sqrt(2.0 / N_CHAINS)
@@ -47,7 +47,7 @@ def test_metropolis_is_exact_for_gaussian():
     generator = torch.Generator().manual_seed(1)
     y0 = torch.randn(N_CHAINS, 2, generator=generator)
     y, acceptance = langevin(
-        _gaussian_energy(precisions, mean), y0, LangevinConfig(h, 300, metropolis=True), generator
+        _gaussian_energy(precisions, mean), y0, LangevinConfig(h, 300, kernel="mala"), generator
     )
     var_exact = 1.0 / precisions
     se_var = var_exact * math.sqrt(2.0 / N_CHAINS)
@@ -84,7 +84,7 @@ def test_double_well_mass_per_well():
     h = 0.02
     generator = torch.Generator().manual_seed(2)
     y0 = torch.randn(N_CHAINS, 1, generator=generator)
-    y, _ = langevin(_double_well, y0, LangevinConfig(h, 3000), generator)
+    y, _ = langevin(_double_well, y0, LangevinConfig(h, 3000, kernel="ula"), generator)
     p_ula = _right_mass_ula(h)
     se = math.sqrt(p_ula * (1 - p_ula) / N_CHAINS)
     right = float((y > 0).double().mean())
@@ -96,7 +96,7 @@ def test_double_well_mass_per_well():
 def test_double_well_mass_per_well_metropolis_exact():
     generator = torch.Generator().manual_seed(3)
     y0 = torch.randn(N_CHAINS, 1, generator=generator)
-    y, _ = langevin(_double_well, y0, LangevinConfig(0.05, 2000, metropolis=True), generator)
+    y, _ = langevin(_double_well, y0, LangevinConfig(0.05, 2000, kernel="mala"), generator)
     p_exact = _right_mass_exact()
     se = math.sqrt(p_exact * (1 - p_exact) / N_CHAINS)
     assert abs(float((y > 0).double().mean()) - p_exact) < 5 * se
@@ -105,7 +105,8 @@ def test_double_well_mass_per_well_metropolis_exact():
 def test_no_parameter_gradients_and_detached_output():
     net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1))
     y0 = torch.randn(64, 3)
-    y, _ = langevin(lambda v: net(v).squeeze(-1), y0, LangevinConfig(0.01, 5), torch.Generator().manual_seed(0))
+    config = LangevinConfig(0.01, 5, kernel="ula")
+    y, _ = langevin(lambda v: net(v).squeeze(-1), y0, config, torch.Generator().manual_seed(0))
     assert all(p.grad is None for p in net.parameters())
     assert not y.requires_grad and y.grad_fn is None
     assert not torch.equal(y, y0)
@@ -114,8 +115,8 @@ def test_no_parameter_gradients_and_detached_output():
 def test_same_generator_state_gives_same_chain_and_noise_scale_is_sqrt_2h():
     flat = lambda v: 0.0 * v.sum(-1)  # noqa: E731  (no drift: a pure random walk)
     y0 = torch.zeros(N_CHAINS, 2)
-    a, _ = langevin(flat, y0, LangevinConfig(0.01, 10), torch.Generator().manual_seed(7))
-    b, _ = langevin(flat, y0, LangevinConfig(0.01, 10), torch.Generator().manual_seed(7))
+    a, _ = langevin(flat, y0, LangevinConfig(0.01, 10, kernel="ula"), torch.Generator().manual_seed(7))
+    b, _ = langevin(flat, y0, LangevinConfig(0.01, 10, kernel="ula"), torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     # After T steps of a pure random walk Var = 2 h T = 0.2.
     se = 0.2 * math.sqrt(2.0 / N_CHAINS)
@@ -125,13 +126,13 @@ def test_same_generator_state_gives_same_chain_and_noise_scale_is_sqrt_2h():
 def test_gradient_clip_bounds_each_move():
     steep = lambda v: 1e6 * (v**2).sum(-1)  # noqa: E731
     y0 = torch.ones(100, 2)
-    y, _ = langevin(steep, y0, LangevinConfig(1e-4, 1, grad_clip=1.0), torch.Generator().manual_seed(0))
+    y, _ = langevin(steep, y0, LangevinConfig(1e-4, 1, grad_clip=1.0, kernel="ula"), torch.Generator().manual_seed(0))
     # drift <= h * 1 and the noise is N(0, 2h): |move| <= 1e-4 + 6 * sqrt(2e-4) per coordinate.
     assert float((y - y0).abs().max()) < 1e-4 + 6 * math.sqrt(2e-4)
 
 
 def test_annealed_step_sizes_are_geometric():
-    sizes = LangevinConfig(0.1, 5, final_step_size=0.001).step_sizes()
+    sizes = LangevinConfig(0.1, 5, final_step_size=0.001, kernel="ula").step_sizes()
     assert sizes[0] == pytest.approx(0.1) and sizes[-1] == pytest.approx(0.001)
     ratios = [b / a for a, b in zip(sizes, sizes[1:])]
     assert max(ratios) == pytest.approx(min(ratios))

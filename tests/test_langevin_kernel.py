@@ -12,10 +12,10 @@ import warnings
 import pytest
 import torch
 
-from lvebm_lightning import langevin_compiled
-from lvebm_lightning.energy import MLPEnergy, on_pairs
+from lvebm_lightning.energies import MLPEnergy, on_pairs
+from lvebm_lightning.energies.base import cached_weights
 from lvebm_lightning.langevin import LangevinConfig, langevin
-from lvebm_lightning.sampling import cached_weights
+from lvebm_lightning.langevin import compiled as langevin_compiled
 
 
 def _frozen_energy_and_grad(energy, y):
@@ -70,27 +70,25 @@ def _network(spectral_norm: bool = False) -> MLPEnergy:
     return MLPEnergy(2, 1, width=32, depth=2, spectral_norm=spectral_norm, gamma=0.1)
 
 
-@pytest.mark.parametrize("metropolis", [False, True])
+@pytest.mark.parametrize("kernel", ["ula", "mala"])
 @pytest.mark.parametrize("extras", [{}, {"grad_clip": 0.5, "final_step_size": 0.05}])
-def test_eager_kernel_equals_the_frozen_loop_exactly(metropolis, extras):
+def test_eager_kernel_equals_the_frozen_loop_exactly(kernel, extras):
     net = _network()
     energy = on_pairs(net, 2)
     y0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
-    config = LangevinConfig(0.8, 25, metropolis=metropolis, **extras)
+    config = LangevinConfig(0.8, 25, kernel=kernel, **extras)
     y, accept = langevin(energy, y0, config, torch.Generator().manual_seed(2))
     y_ref, accept_ref = _frozen_langevin(energy, y0, config, torch.Generator().manual_seed(2))
     assert torch.equal(y, y_ref)
     assert torch.equal(accept, accept_ref)
-    if metropolis:
+    if config.metropolis:
         assert 0.0 < float(accept) < 1.0  # the test exercises both branches of the acceptance
 
 
-def test_kernel_names_and_metropolis_agree():
-    assert LangevinConfig(0.1, 1, metropolis=True).kernel == "mala"
-    assert LangevinConfig(0.1, 1).kernel == "ula"
+def test_the_kernel_name_decides_the_metropolis_flag():
+    assert LangevinConfig(0.1, 1).kernel == "mala"
     assert LangevinConfig(0.1, 1, kernel="mala").metropolis
-    with pytest.raises(ValueError, match="no Metropolis correction"):
-        LangevinConfig(0.1, 1, kernel="ula", metropolis=True)
+    assert not LangevinConfig(0.1, 1, kernel="ula").metropolis
     with pytest.raises(ValueError, match="kernel must be one of"):
         LangevinConfig(0.1, 1, kernel="hmc")
 
@@ -152,10 +150,11 @@ def test_a_block_that_fails_to_compile_runs_its_noise_eagerly_with_one_warning()
         return 0.5 * (y**2).sum(-1) * float(y.abs().max() > -1.0)
 
     y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
-    eager, _ = langevin(untraceable, y0, LangevinConfig(0.1, 12), torch.Generator().manual_seed(6))
+    eager, _ = langevin(untraceable, y0, LangevinConfig(0.1, 12, kernel="ula"), torch.Generator().manual_seed(6))
     langevin_compiled._FAILED.discard(("ula", "default"))
     with pytest.warns(UserWarning, match="torch.compile of the ula Langevin step failed") as record:
-        compiled, _ = langevin(untraceable, y0, LangevinConfig(0.1, 12, compile=True), torch.Generator().manual_seed(6))
+        config = LangevinConfig(0.1, 12, compile=True, kernel="ula")
+        compiled, _ = langevin(untraceable, y0, config, torch.Generator().manual_seed(6))
     langevin_compiled._FAILED.discard(("ula", "default"))
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
     assert torch.equal(compiled, eager)
@@ -175,12 +174,12 @@ def test_compile_failure_falls_back_to_eager_with_one_warning():
         return 0.5 * (y**2).sum(-1) * float(y.abs().max() > -1.0)
 
     y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
-    config = LangevinConfig(0.1, 6, metropolis=True)
+    config = LangevinConfig(0.1, 6, kernel="mala")
     eager, _ = langevin(untraceable, y0, config, torch.Generator().manual_seed(6))
     langevin_compiled._FAILED.discard(("mala", "default"))
     with pytest.warns(UserWarning, match="torch.compile of the mala Langevin step failed") as record:
         compiled, _ = langevin(
-            untraceable, y0, LangevinConfig(0.1, 6, metropolis=True, compile=True), torch.Generator().manual_seed(6)
+            untraceable, y0, LangevinConfig(0.1, 6, kernel="mala", compile=True), torch.Generator().manual_seed(6)
         )
     langevin_compiled._FAILED.discard(("mala", "default"))
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
@@ -199,9 +198,9 @@ def test_compiled_path_stays_compiled_past_the_users_recompile_limit():
         warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager: fail
         for b in range(5, 8):  # ULA, T = 5: one 5-step block, one graph per batch size
             y0 = torch.randn(b, 3, generator=torch.Generator().manual_seed(b))
-            eager, _ = langevin(energy, y0, LangevinConfig(0.05, 5), torch.Generator().manual_seed(b))
+            eager, _ = langevin(energy, y0, LangevinConfig(0.05, 5, kernel="ula"), torch.Generator().manual_seed(b))
             compiled, _ = langevin(
-                energy, y0, LangevinConfig(0.05, 5, compile=True), torch.Generator().manual_seed(b)
+                energy, y0, LangevinConfig(0.05, 5, compile=True, kernel="ula"), torch.Generator().manual_seed(b)
             )
             torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
         assert torch._dynamo.config.recompile_limit == 2

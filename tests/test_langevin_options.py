@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from lvebm_lightning.energy import MLPEnergy, on_pairs
+from lvebm_lightning.energies import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 
 N_CHAINS = 20000
@@ -37,7 +37,8 @@ def test_gradient_clipping_is_exact_particle_by_particle():
     y0 = radii.unsqueeze(-1) * directions
     generator = torch.Generator().manual_seed(1)
     noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(1))  # the kernel's first draw
-    y, _ = langevin(lambda v: 0.5 * s * (v**2).sum(-1), y0, LangevinConfig(h, 1, grad_clip=clip), generator)
+    config = LangevinConfig(h, 1, grad_clip=clip, kernel="ula")
+    y, _ = langevin(lambda v: 0.5 * s * (v**2).sum(-1), y0, config, generator)
     grad = s * y0
     norm = grad.norm(dim=-1, keepdim=True)
     clipped = torch.where(norm > clip, grad * clip / norm, grad)
@@ -65,10 +66,10 @@ def _stationary_variances(config: LangevinConfig, seed: int) -> tuple[torch.Tens
     ids=["clipped", "annealed", "clipped_and_annealed"],
 )
 def test_mala_with_clipping_or_annealing_keeps_the_target_exactly(options, one_thread):
-    mala, tol = _stationary_variances(LangevinConfig(0.06, 40, metropolis=True, **options), seed=2)
+    mala, tol = _stationary_variances(LangevinConfig(0.06, 40, kernel="mala", **options), seed=2)
     assert torch.all((mala - 1.0 / PRECISIONS).abs() < tol), (mala, tol)
     # The test's power: without the Metropolis correction the same moves drift off the target.
-    ula, tol = _stationary_variances(LangevinConfig(0.06, 40, metropolis=False, **options), seed=2)
+    ula, tol = _stationary_variances(LangevinConfig(0.06, 40, kernel="ula", **options), seed=2)
     assert bool(((ula - 1.0 / PRECISIONS).abs() > tol).any()), (ula, tol)
 
 
@@ -109,7 +110,7 @@ def test_a_langevin_chain_through_cached_spectral_norm_equals_the_uncached_chain
     torch.manual_seed(1)
     energy = MLPEnergy(dx=2, dz=1, width=16, depth=2, spectral_norm=True, gamma=0.1).eval()
     y0 = torch.randn(256, 3)
-    config = LangevinConfig(0.02, 20, metropolis=True)
+    config = LangevinConfig(0.02, 20, kernel="mala")
     joint = on_pairs(energy, 2)
     plain, acc_plain = langevin(joint, y0, config, torch.Generator().manual_seed(2))
     with parametrize.cached():

@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 
 from lvebm_lightning.data.systems import linear_gaussian_ml
 from lvebm_lightning.metrics.evaluation import data_nll, quadrature
-from lvebm_lightning.training import build_model, instantiate_callbacks
+from lvebm_lightning.training.run import build_model, instantiate_callbacks
 from tests.conftest import compose_config
 
 BASE = [

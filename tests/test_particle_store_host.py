@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lvebm_lightning.particles import ParticleStore
+from lvebm_lightning.particles.store import ParticleStore
 
 
 def test_host_store_matches_the_device_store_through_gets_and_sets():
@@ -28,10 +28,10 @@ def test_sampler_config_reaches_every_kernel(make_cfg):
     """sampler.compile / autocast / kernel and posterior.store_device travel from the config to the module's kernels."""
     from hydra.utils import instantiate
 
-    from lvebm_lightning.training import build_model
+    from lvebm_lightning.training.run import build_model
 
     cfg = make_cfg("sampler.compile=true", "sampler.autocast=true", "sampler.negative.kernel=ula",
-                   "sampler.negative.metropolis=false", "sampler.posterior.store_device=cpu")
+                   "sampler.negative.kernel=ula", "sampler.posterior.store_device=cpu")
     model = build_model(cfg, instantiate(cfg.data).prepare())
     assert model.posterior.config.compile and model.negative_config.compile and model.long_chain_config().compile
     assert model.posterior.config.autocast and model.long_chain_config().autocast
@@ -45,7 +45,7 @@ def test_sampler_config_reaches_every_kernel(make_cfg):
 def test_the_main_config_compiles_the_chains_and_the_smoke_run_does_not(tmp_path):
     """``python train.py`` compiles every chain (README "Inner-loop speed": 1.8x end to end on a CPU);
     ``debug=fast``, whose chains are too short to pay back the compilation, runs them eagerly."""
-    from lvebm_lightning.config import compose_config
+    from lvebm_lightning.config.compose import compose_config
 
     main = compose_config(tmp_path / "main", [])
     assert main.sampler.compile and main.model.posterior.compile and main.model.negative.compile

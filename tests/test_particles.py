@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lvebm_lightning.particles import ParticleStore
+from lvebm_lightning.particles.store import ParticleStore
 
 
 def test_written_particles_read_back_exactly_and_nothing_else_changes():

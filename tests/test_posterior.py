@@ -28,12 +28,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lvebm_lightning.config.validation import ConfigError, validate
 from lvebm_lightning.data.systems import LinearGaussian
-from lvebm_lightning.energy import MLPEnergy
+from lvebm_lightning.energies import MLPEnergy
 from lvebm_lightning.langevin import LangevinConfig
-from lvebm_lightning.posterior import AmortisedPosterior, PersistentPosterior, ShortRunPosterior, build_posterior
-from lvebm_lightning.training import train
-from lvebm_lightning.validation import ConfigError, validate
+from lvebm_lightning.particles import AmortisedPosterior, PersistentPosterior, ShortRunPosterior, build_posterior
+from lvebm_lightning.training.run import train
 from tests.helpers.encoder_probe import RECORDS, OptimizerRecorder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def data() -> Tensor:
 def test_persistent_particles_reach_the_exact_posterior_by_persisting(data):
     """T_z = 2 steps a call is far from converged, but 50 calls continue the same chains: 100 steps in all."""
     k, calls = 8, 50
-    posterior = PersistentPosterior(k, LangevinConfig(step_size=H, n_steps=2))
+    posterior = PersistentPosterior(k, LangevinConfig(step_size=H, n_steps=2, kernel="ula"))
     generator = torch.Generator().manual_seed(0)
     posterior.setup(len(data), 1, 0, 1, torch.device("cpu"), generator)
     index = torch.arange(len(data))
@@ -105,7 +105,7 @@ def test_persistent_particles_reach_the_exact_posterior_by_persisting(data):
 def test_short_run_chains_follow_the_finite_time_law_and_match_only_when_long(data):
     energy = LinearGaussianJoint()
     for n_steps in (3, 100):
-        posterior = ShortRunPosterior(8, LangevinConfig(step_size=H, n_steps=n_steps))
+        posterior = ShortRunPosterior(8, LangevinConfig(step_size=H, n_steps=n_steps, kernel="ula"))
         posterior.setup(len(data), 1, 0, 1, torch.device("cpu"), torch.Generator())
         z = posterior.particles(energy, data, torch.arange(len(data)), torch.Generator().manual_seed(n_steps))
         assert_gaussian_moments(z, data, *ula_law(n_steps))

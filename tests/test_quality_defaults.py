@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from lvebm_lightning.training import build_model
+from lvebm_lightning.training.run import build_model
 
 PRECISION, STEP, N_CHAINS, N_STEPS = 40.0, 0.04, 4000, 300
 
@@ -34,29 +34,29 @@ def _module(make_cfg, *overrides: str):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "metropolis"),
+    ("overrides", "kernel"),
     [
-        (("sampler.negative.metropolis=true",), True),
-        (("sampler.negative.metropolis=false",), False),
-        (("sampler.negative.metropolis=true", "sampler.long_chains.metropolis=false"), False),
-        (("sampler.negative.metropolis=false", "sampler.long_chains.metropolis=true"), True),
+        (("sampler.negative.kernel=mala",), "mala"),
+        (("sampler.negative.kernel=ula",), "ula"),
+        (("sampler.negative.kernel=mala", "sampler.long_chains.kernel=ula"), "ula"),
+        (("sampler.negative.kernel=ula", "sampler.long_chains.kernel=mala"), "mala"),
     ],
 )
-def test_evaluation_chains_use_the_negative_kernel_unless_told_otherwise(make_cfg, overrides, metropolis):
+def test_evaluation_chains_use_the_negative_kernel_unless_told_otherwise(make_cfg, overrides, kernel):
     model = _module(make_cfg, *overrides)
-    assert model.long_chain_config().metropolis is metropolis
+    assert model.long_chain_config().kernel == kernel
     xz = model.sample_joint(N_CHAINS, n_steps=N_STEPS, generator=torch.Generator().manual_seed(0))
     variance = float(xz.var(0).mean())
     exact = 1.0 / PRECISION
     ula = 1.0 / (PRECISION * (1.0 - STEP * PRECISION / 2.0))
     # mean over dx + dz coordinates: the standard error shrinks by sqrt(dx + dz)
     se = math.sqrt(2.0 / (N_CHAINS * xz.shape[1]))
-    target = exact if metropolis else ula
+    target = exact if kernel == "mala" else ula
     assert abs(variance / target - 1.0) < 5 * se, (variance, target)
 
 
 def test_posterior_inference_uses_the_posterior_kernel(make_cfg):
-    model = _module(make_cfg, "sampler.posterior.metropolis=true", "sampler.negative.metropolis=false")
+    model = _module(make_cfg, "sampler.posterior.kernel=mala", "sampler.negative.kernel=ula")
     x = torch.zeros(N_CHAINS, model.dx)
     z = model.infer_standardised(x, 1, n_steps=N_STEPS, step_size=STEP, generator=torch.Generator().manual_seed(1))
     se = math.sqrt(2.0 / N_CHAINS)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lvebm_lightning.inference.reconstruction import ReconstructionError, conditional_sample, read_partial
 from lvebm_lightning.langevin import LangevinConfig
 from lvebm_lightning.metrics.reconstruction import central_coverage, cv_knn_r2, energy_score, knn_predict, r2_score
-from lvebm_lightning.reconstruct import ReconstructionError, conditional_sample, read_partial
 
 # A joint Gaussian over (x1, x2, x3, z): E = y^T P y / 2 with a fixed, well-conditioned precision P.
 _A = torch.tensor([[1.0, 0.3, -0.2, 0.5], [0.0, 1.0, 0.4, -0.3], [0.0, 0.0, 1.0, 0.6], [0.0, 0.0, 0.0, 1.0]],
@@ -39,7 +39,7 @@ def test_conditional_sample_matches_the_gaussian_conditional_law() -> None:
     missing = torch.isnan(x_obs)
     s = 2000
     # the slowest conditional mode relaxes in about 1 / (h lambda_min(P_uu)) = 20 steps; 200 leave no visible bias
-    config = LangevinConfig(step_size=0.1, n_steps=200, metropolis=True)
+    config = LangevinConfig(step_size=0.1, n_steps=200, kernel="mala")
     x, z = conditional_sample(gaussian_energy, x_obs, missing, 1, s, config, torch.Generator().manual_seed(0))
     assert torch.equal(x[~missing.unsqueeze(1).expand_as(x)], x_obs.unsqueeze(1).expand_as(x)[~missing.unsqueeze(1)
                        .expand_as(x)])

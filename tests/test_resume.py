@@ -16,7 +16,7 @@ import torch
 from google.protobuf.message import DecodeError
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lvebm_lightning.training import train
+from lvebm_lightning.training.run import train
 from tests.conftest import compose_config
 from tests.helpers.checkpoints import assert_identical, training_state
 from tests.helpers.faults import RestoreProbe

@@ -23,7 +23,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from lvebm_lightning.training import build_model, instantiate_callbacks
+from lvebm_lightning.training.run import build_model, instantiate_callbacks
 
 ALPHA, K, B = 0.1, 2, 64
 

@@ -10,8 +10,8 @@ import torch
 from scipy.special import ellipj, ellipk
 
 from lvebm_lightning.data.systems import Pendulum, get_dataset
-from lvebm_lightning.decoder_energy import DecoderEnergy
-from lvebm_lightning.lattice_energy import ConvEnergy
+from lvebm_lightning.energies.conv import ConvEnergy
+from lvebm_lightning.energies.decoder import DecoderEnergy
 
 
 def test_decoder_energy_is_its_formula() -> None:
@@ -87,25 +87,25 @@ def test_data_options_and_hidden_truth_reach_the_data_module() -> None:
 
 @pytest.mark.parametrize(
     ("choice", "target"),
-    [("mlp", "lvebm_lightning.energy.MLPEnergy"), ("decoder", "lvebm_lightning.decoder_energy.DecoderEnergy"),
-     ("conv", "lvebm_lightning.lattice_energy.ConvEnergy")],
+    [("mlp", "lvebm_lightning.energies.mlp.MLPEnergy"), ("decoder", "lvebm_lightning.energies.decoder.DecoderEnergy"),
+     ("conv", "lvebm_lightning.energies.conv.ConvEnergy")],
 )
 def test_the_energy_is_a_config_group_of_the_command_line(choice: str, target: str) -> None:
     from pathlib import Path
 
-    from lvebm_lightning.config import check_overrides
+    from lvebm_lightning.config.compose import check_overrides
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     data = ["data=phi4"] if choice == "conv" else []
     cfg = check_overrides(conf, "train", [f"model/energy={choice}", "model.dz=2", *data])
     assert cfg.model.energy._target_ == target
-    assert check_overrides(conf, "train", []).model.energy._target_ == "lvebm_lightning.energy.MLPEnergy"
+    assert check_overrides(conf, "train", []).model.energy._target_ == "lvebm_lightning.energies.mlp.MLPEnergy"
 
 
 def test_an_unknown_energy_choice_names_the_options() -> None:
     from pathlib import Path
 
-    from lvebm_lightning.config import ConfigError, check_overrides
+    from lvebm_lightning.config.compose import ConfigError, check_overrides
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with pytest.raises(ConfigError, match=r"model/energy=transformer.*conv.*decoder.*mlp"):

@@ -18,9 +18,9 @@ import yaml
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 from wandb.sdk.lib import config_util
 
-from lvebm_lightning.tracking import STEP_KEY, LVEBMWandbLogger, flatten_config, resume_state
-from lvebm_lightning.training import train
-from lvebm_lightning.validation import validate
+from lvebm_lightning.config.validation import validate
+from lvebm_lightning.training.run import train
+from lvebm_lightning.training.tracking import STEP_KEY, LVEBMWandbLogger, flatten_config, resume_state
 from tests.conftest import compose_config
 from tests.helpers.wandb_records import OfflineRun, read_offline_run
 

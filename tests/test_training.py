@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lvebm_lightning.training import build_model, instantiate_callbacks, train
+from lvebm_lightning.training.run import build_model, instantiate_callbacks, train
 from tests.helpers.wandb_records import read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lvebm_lightning.data.files import DataFileError, load_array
-from lvebm_lightning.data.sampler import ResumableLoader, ShardedBatchSampler
+from lvebm_lightning.data.shards import ResumableLoader, ShardedBatchSampler
 from lvebm_lightning.data.systems import get_dataset
 
 _GENERATED: OrderedDict[tuple[Any, int, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()

@@ -9,9 +9,9 @@ Each of `n_chains` chains starts at y_0 ~ p_0 and, for t = 1..T, adds to its log
 
     log w += (beta_t - beta_{t-1}) (-E(y) - log p_0(y))
 
-then moves y with `n_mala_steps` Metropolis-adjusted Langevin (MALA) steps of the shared kernel
-(``langevin_steps.mala_step``) on U_t = -log gamma_t, which leave gamma_t invariant. The invariance is what makes
-E[w] = Z exactly (Neal, 2001) for step sizes fixed in advance; an unadjusted Langevin step would bias it.
+then moves y with `n_mala_steps` Metropolis-adjusted Langevin (MALA) steps of the shared kernel (``langevin.steps``;
+the run's own kernel where another is named) on U_t = -log gamma_t, which leave gamma_t invariant. The invariance
+is what makes E[w] = Z exactly (Neal, 2001) for step sizes fixed in advance; an unadjusted Langevin step would bias it.
 
 Step sizes. With `adapt_step_size`, a pilot run of separate chains (a quarter of `n_chains`, at least 16),
 whose weights are discarded, adapts h move by move towards MALA's optimal acceptance 0.574; the estimate is
@@ -33,9 +33,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lvebm_lightning.energy import Energy
+from lvebm_lightning.energies.base import Energy
 from lvebm_lightning.langevin import energy_and_grad
-from lvebm_lightning.langevin_steps import STEPS, ChainState, mala_step
+from lvebm_lightning.langevin.steps import STEPS, ChainState
 
 # Acceptance rate at which MALA's efficiency peaks in high dimension (Roberts & Rosenthal, 1998).
 _TARGET_ACCEPTANCE = 0.574
@@ -84,7 +84,7 @@ def _tempered(e: Tensor, grad_e: Tensor, v: Tensor, beta: float, sigma0: float) 
 
 def _anneal(
     energy: Energy, y: Tensor, dx: int, betas: Tensor, sigma0: float, n_mala_steps: int,
-    step_sizes: list[Tensor] | None, step_size: float, generator: torch.Generator | None,
+    step_sizes: list[Tensor] | None, step_size: float, generator: torch.Generator | None, kernel: str,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Run chains from y [C, d] ~ p_0 along the path; return their log weights [C] (float64), the sum of per-move
     acceptance rates, and the step size of every move: ``step_sizes`` when given (frozen), else adapted."""
@@ -108,13 +108,15 @@ def _anneal(
         def tempered(v: Tensor, beta: float = beta) -> tuple[Tensor, Tensor]:
             return _tempered(*energy_and_grad(joint, v), v, beta, sigma0)
 
-        state = ChainState(y, *_tempered(e, grad_e, y, beta, sigma0), accept_sum)
+        step = STEPS[kernel]
+        kept = _tempered(e, grad_e, y, beta, sigma0) if step.adjusted else (None, None)
+        state = ChainState(y, *kept, accept_sum)
         for _ in range(n_mala_steps):
             if step_sizes is not None:
                 h = step_sizes[len(used)]
-            noise, uniform = STEPS["mala"].draw(y, generator)
+            noise, uniform = step.draw(y, generator)
             before = state.accept_sum
-            state = mala_step(tempered, state, h, noise, uniform, None)
+            state = step.update(tempered, state, h, noise, uniform, None)
             used.append(h)
             if step_sizes is None:
                 h = h * torch.exp(state.accept_sum - before - _TARGET_ACCEPTANCE)
@@ -135,6 +137,7 @@ def ais_log_partition(
     adapt_step_size: bool = True,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
+    kernel: str = "mala",
 ) -> AisResult:
     """AIS estimate of log Z = log int exp(-E(x, z)) dx dz from the base N(0, sigma0^2 I) (module docstring).
 
@@ -149,16 +152,22 @@ def ais_log_partition(
     estimate then use the pilot's h move by move, frozen (module docstring: exact unbiasedness). Without it,
     h = `step_size` throughout. Costs (n_chains + pilot) (T + (T - 1) n_mala_steps) energy-and-gradient
     evaluations: one at each temperature's start (E for the weight, grad E for the first move) and one per move.
+
+    ``kernel`` names the step function of the moves (``langevin.steps.STEPS``; the run's own kernel is passed by the
+    metrics callback). An unadjusted one (``ula``) leaves gamma_t invariant only up to O(h), which biases the
+    estimate, and has no acceptance rate to adapt h by: h then stays at ``step_size``.
     """
     dim = dx + dz
     device = generator.device if generator is not None else torch.device("cpu")
     betas = annealing_schedule(n_temperatures, schedule).to(device)
     schedule_h = None
-    if adapt_step_size:
+    if adapt_step_size and STEPS[kernel].adjusted:
         pilot = sigma0 * torch.randn(max(16, n_chains // 4), dim, generator=generator, device=device, dtype=dtype)
-        _, _, schedule_h = _anneal(energy, pilot, dx, betas, sigma0, n_mala_steps, None, step_size, generator)
+        _, _, schedule_h = _anneal(energy, pilot, dx, betas, sigma0, n_mala_steps, None, step_size, generator, kernel)
     y = sigma0 * torch.randn(n_chains, dim, generator=generator, device=device, dtype=dtype)
-    log_weights, accept_sum, _ = _anneal(energy, y, dx, betas, sigma0, n_mala_steps, schedule_h, step_size, generator)
+    log_weights, accept_sum, _ = _anneal(
+        energy, y, dx, betas, sigma0, n_mala_steps, schedule_h, step_size, generator, kernel
+    )
 
     log_z = log_weights.logsumexp(0) - math.log(n_chains)
     ess = float((2 * log_weights.logsumexp(0) - (2 * log_weights).logsumexp(0)).exp())

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lvebm_lightning.energy import Energy
+from lvebm_lightning.energies.base import Energy
 from lvebm_lightning.metrics.quadrature import batched_energy
 
 

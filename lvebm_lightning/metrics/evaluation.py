@@ -1,7 +1,7 @@
 """A model's evaluation (DESIGN.md section 5) from its energy and sample clouds, in the data's own units.
 
 Shared by the validation / test callback (``callbacks.metrics``) and by ``lvebm-eval``
-(``lvebm_lightning.inference.evaluate``), so that both compute the same numbers from the same inputs:
+(``lvebm_lightning.inference.evaluation``), so that both compute the same numbers from the same inputs:
 
 - ``sample_distances``: W2 of the model's samples to the data, its floor (W2 of a reference data sample of the
   same size to the data), W2 of the negative pool, their ratio, and sliced W2 when dx > 3; each W2 subsamples
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lvebm_lightning.energy import Energy
+from lvebm_lightning.energies.base import Energy
 from lvebm_lightning.metrics.elbo import elbo
 from lvebm_lightning.metrics.quadrature import choose_box, log_marginal, log_partition
 from lvebm_lightning.metrics.wasserstein import sliced_w2, w2

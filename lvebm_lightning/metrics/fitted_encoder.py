@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lvebm_lightning.energy import Energy
+from lvebm_lightning.energies.base import Energy
 from lvebm_lightning.langevin import LangevinConfig
-from lvebm_lightning.posterior import AmortisedPosterior
+from lvebm_lightning.particles import AmortisedPosterior
 
 
 @dataclass

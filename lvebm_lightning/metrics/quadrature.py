@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lvebm_lightning.energy import Energy
+from lvebm_lightning.energies.base import Energy
 
 
 @dataclass

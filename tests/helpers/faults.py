@@ -92,7 +92,7 @@ class BlowUpNegativeChains(pl.Callback):
     checkpoint_bytes: bytes = b""
 
     def __init__(self, step: int, step_size: float = 1.0e3, n_steps: int = 20) -> None:
-        self.step, self.config = step, LangevinConfig(step_size=step_size, n_steps=n_steps)
+        self.step, self.config = step, LangevinConfig(step_size=step_size, n_steps=n_steps, kernel="ula")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step >= self.step and pl_module.negative_config is not self.config:
