@@ -13,7 +13,7 @@ method's overrides, then the extra Hydra overrides given here):
 
 Every run trains ``--steps`` optimizer steps (default: trainer.max_steps of the config), validates once at the
 end (unless the overrides say otherwise) and is evaluated on the test split; galleries and W&B are off. The
-table reports, on the test split (DESIGN.md section 5):
+table reports, on the test split (docs/design.md section 5):
 
     train s       wall time of the training steps only (validation and test excluded), and its ratio to the method
     W2/floor      W2 of fresh long chains from N(0, I) to held-out data, over the floor (two data samples)

@@ -7,7 +7,7 @@ start-up is not counted, plus any Hydra overrides given) and times, with the pha
 training steps (fit minus validation), every validation and the final test; inside them it times the parts of
 an evaluation by wrapping the functions that do them:
 
-- the model's fresh long chains (``model_samples``: n_eval chains of T_eval steps from N(0, I), DESIGN.md
+- the model's fresh long chains (``model_samples``: n_eval chains of T_eval steps from N(0, I), docs/design.md
   section 5), the quadrature of log Z, the exact W2 distances (model, pool and floor, ``sample_distances``), the
   ELBO of the posterior particles, and the gallery (its posterior clouds' conditional chains, and the figures).
 

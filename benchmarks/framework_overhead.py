@@ -1,6 +1,6 @@
 """Framework overhead: one training step of the default experiment under Lightning against a plain PyTorch loop.
 
-Both run the same algorithm with the same settings (DESIGN.md section 1, the defaults of ``conf/``): K = 1 MALA
+Both run the same algorithm with the same settings (docs/design.md section 1, the defaults of ``conf/``): K = 1 MALA
 posterior particle per datum (T_z = 10), a batch of the pool moved by T_n = 50 MALA steps with re-initialisation
 rho, the loss mean E_pos - mean E_neg + alpha (mean E_pos^2 + mean E_neg^2), one backward, gradient clipping,
 Adam and the cosine schedule. The Lightning side is ``train.py``'s own path (``training.train`` with the run's

@@ -1,4 +1,4 @@
-"""Validation and test metrics of an LVEBM (DESIGN.md section 5), computed over all ranks.
+"""Validation and test metrics of an LVEBM (docs/design.md section 5), computed over all ranks.
 
 Every validation (and test) epoch:
 

@@ -1,4 +1,4 @@
-"""Whether this process is one of several ranks of an initialised process group (DESIGN.md section 3)."""
+"""Whether this process is one of several ranks of an initialised process group (docs/design.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real DDP: ``python train.py trainer=ddp_cpu`` with 2 CPU processes on gloo (DESIGN.md section 3).
+"""Real DDP: ``python train.py trainer=ddp_cpu`` with 2 CPU processes on gloo (docs/design.md section 3).
 
 One chain of runs on a tiny double well (N = 131 data, so the two shards are uneven; B = 16 per rank, an epoch of
 4 steps; a pool of M = 65 pairs), each run recording per-rank state with ``tests/ddp_probe.py``:

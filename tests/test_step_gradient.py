@@ -1,6 +1,6 @@
 """One real training step's parameter gradient against autograd of the stated loss, recomputed by the test.
 
-DESIGN.md section 1, step 3: after the particles have moved,
+docs/design.md section 1, step 3: after the particles have moved,
 
     L(theta) = mean_{i,k} E(x_i, z_i^k) - mean_j E(x~_j, z~_j) + alpha (mean E_pos^2 + mean E_neg^2).
 

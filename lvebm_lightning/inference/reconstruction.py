@@ -4,7 +4,7 @@ For a datum with observed coordinates x_o and missing ones x_m, the conditional 
 
     p(x_m, z | x_o) ∝ exp(-E(assemble(x_o, x_m), z)),
 
-so no new kernel is needed (DESIGN.md section 8): the particles are full pairs y = (x, z), and the energy handed
+so no new kernel is needed (docs/design.md section 8): the particles are full pairs y = (x, z), and the energy handed
 to the shared Langevin kernel is U(y) = E(where(missing, y_x, x_o), y_z), a closure over x_o. The observed slots
 of y do not enter U, so they carry zero gradient; with the Metropolis correction their proposal is symmetric and
 cancels from the acceptance ratio, so MALA leaves p(x_m, z | x_o) exactly invariant. The posterior z | x is the

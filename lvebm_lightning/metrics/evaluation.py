@@ -1,4 +1,4 @@
-"""A model's evaluation (DESIGN.md section 5) from its energy and sample clouds, in the data's own units.
+"""A model's evaluation (docs/design.md section 5) from its energy and sample clouds, in the data's own units.
 
 Shared by the validation / test callback (``callbacks.metrics``) and by ``lvebm-eval``
 (``lvebm_lightning.inference.evaluation``), so that both compute the same numbers from the same inputs:

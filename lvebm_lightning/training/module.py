@@ -1,6 +1,6 @@
 """LVEBMModule: maximum-likelihood training of a latent-variable EBM by particle dynamics.
 
-One ``training_step`` on a batch (x_i, i) is the three steps of DESIGN.md section 1, with manual optimization:
+One ``training_step`` on a batch (x_i, i) is the three steps of docs/design.md section 1, with manual optimization:
 
 1. ``positive_particles``: T_z conditional Langevin steps on the K persistent particles z_i^k of each datum;
 2. ``negative_particles``: T_n joint Langevin steps on a batch of the persistent negative pool (x~, z~), a
@@ -130,7 +130,7 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         fitting = self.trainer.state.fn == "fit"
         return [LearningRateMonitor(logging_interval="step")] if fitting and self.trainer.loggers else []
 
-    # -- training: the three steps of DESIGN.md section 1 -----------------------------------------------------
+    # -- training: the three steps of docs/design.md section 1 -----------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, index = batch
         log = logging_this_step(self)  # the train/* scalars only on the steps Lightning writes
@@ -192,7 +192,7 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         opt.step()
         if posterior_opt is not None:
             # Through the strategy (precision plugin, hooks) but not LightningOptimizer.step, which would count a
-            # second global step per batch: global_step counts batches (DESIGN.md section 1).
+            # second global step per batch: global_step counts batches (docs/design.md section 1).
             strategy.optimizer_step(posterior_opt.optimizer, closure=lambda: None)
             if log:
                 self.log("train/posterior_loss", posterior_loss.detach(), on_step=True, on_epoch=False)
