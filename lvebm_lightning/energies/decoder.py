@@ -7,6 +7,17 @@ with f and the decoder g MLPs. exp(-E) is integrable for any f that grows slower
 MLP grows at most linearly), so p(x, z) = exp(-E) / Z is a proper joint density: a non-linear factor model
 p(z) p(x | z) with Gaussian observation noise of scale sigma, tilted by the confinement. Unlike a generic MLP over
 [x, z], this family cannot ignore z: the only way to put mass near the data is through g(z).
+
+The family declares its closed forms (``collapsible``; docs/design.md section 1, collapsed sampling). Completing the
+square in x, with precision P = 1 / sigma^2 + gamma,
+
+    x | z ~ N(g(z) / (1 + gamma sigma^2), I / P),
+    E_z(z) = -log int exp(-E(x, z)) dx
+           = |z|^2 / 2 + f(z) + (gamma / 2)|z|^2 + gamma |g(z)|^2 / (2 (1 + gamma sigma^2)) - (dx / 2) log(2 pi / P),
+
+so int exp(-E_z) dz = Z. With some coordinates x_o observed, only the others integrate out: ``z_energy`` sums the
+observed coordinates' terms of E and the missing coordinates' share of the marginal, and x_m | z, x_o is the same
+Gaussian restricted to the missing coordinates (the noise is isotropic).
 """
 
 from __future__ import annotations
@@ -58,9 +69,44 @@ class DecoderEnergy(nn.Module):
         else:
             self.register_buffer("log_sigma", log_sigma)
 
+    collapsible = True
+    """x | z is Gaussian in closed form and the z-marginal energy is known (module docstring)."""
+
     @property
     def sigma(self) -> Tensor:
         return self.log_sigma.exp()
+
+    def x_given_z(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The law of x given z: mean g(z) / (1 + gamma sigma^2) ``[..., dx]`` and standard deviation P^(-1/2)
+        (0-d), P = 1 / sigma^2 + gamma."""
+        inv_var = torch.exp(-2.0 * self.log_sigma)
+        precision = inv_var + self.gamma
+        return self.decoder(z) * (inv_var / precision), precision.rsqrt()
+
+    def z_energy(self, z: Tensor, x: Tensor | None = None, observed: Tensor | None = None) -> Tensor:
+        """The energy ``[...]`` of z ``[..., dz]`` with the unobserved coordinates of x integrated out.
+
+        Args:
+            z: latents ``[..., dz]``.
+            x: data ``[..., dx]`` (standardised), read where ``observed``; None: nothing observed (E_z, the marginal).
+            observed: a 0/1 (or boolean) mask broadcastable to ``[..., dx]``, 1 where x is observed.
+
+        Returns -log int exp(-E(x, z)) dx_m: the observed coordinates' terms (x_j - g_j)^2 / (2 sigma^2) +
+        gamma x_j^2 / 2 and, for each missing one, gamma g_j^2 / (2 (1 + gamma sigma^2)) - log(2 pi / P) / 2.
+        """
+        z2 = (z * z).sum(-1)
+        g = self.decoder(z)
+        inv_var = torch.exp(-2.0 * self.log_sigma)
+        precision = inv_var + self.gamma
+        missing_term = 0.5 * self.gamma * g * g * (inv_var / precision) - 0.5 * torch.log(2.0 * math.pi / precision)
+        e = 0.5 * (1.0 + self.gamma) * z2 + self.prior(z).squeeze(-1)
+        if x is None:
+            return e + missing_term.sum(-1)
+        seen = observed.to(g.dtype)
+        x = torch.where(seen > 0, x, torch.zeros_like(x))  # missing entries (NaN) never enter the sum
+        residual = x - g
+        observed_term = 0.5 * residual * residual * inv_var + 0.5 * self.gamma * x * x
+        return e + (seen * observed_term + (1.0 - seen) * missing_term).sum(-1)
 
     def decode(self, z: Tensor) -> Tensor:
         """g(z), the mean of x given z: ``[..., dz] -> [..., dx]``."""

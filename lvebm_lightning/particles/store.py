@@ -142,6 +142,13 @@ class ParticleStore:
         done.record()
         self._pending = (self._local(index), rows, done)
 
+    def reinit_nonfinite_(self, index: Tensor, generator: torch.Generator | None) -> None:
+        """Redraw from N(0, I) the particles of data ``index`` ``[B]`` that hold a non-finite value."""
+        stored = self.get(index)
+        bad = ~torch.isfinite(stored).all(dim=-1, keepdim=True)
+        fresh = torch.randn(stored.shape, generator=generator, device=stored.device)
+        self.set(index, torch.where(bad, fresh, stored))
+
     def full(self) -> Tensor:
         """The whole store ``[N, K, d]`` gathered from every rank (a collective)."""
         self._flush()

@@ -3,13 +3,13 @@
 One ``training_step`` on a batch (x_i, i) is the three steps of docs/design.md section 1, with manual optimization:
 
 1. ``positive_particles``: T_z conditional Langevin steps on the K persistent particles z_i^k of each datum;
-2. ``negative_particles``: T_n joint Langevin steps on a batch of the persistent negative pool (x~, z~), a
-   fraction rho of it re-initialised first (the pool is kept by ``callbacks.negative_pool.NegativePool``);
+2. ``negative_particles``: T_n Langevin steps (joint, or collapsed where the energy allows) on a batch of the
+   persistent negative pool (x~, z~), a fraction rho re-initialised first (``callbacks.negative_pool.NegativePool``);
 3. ``parameter_step``: one backward of  L = mean E(x_i, z_i^k) - mean E(x~, z~) + alpha (mean E_pos^2 + mean E_neg^2),
    gradient clipping, an optimizer step and a scheduler step, unless the divergence guard drops the update.
 
-The inner loops call the energy network directly (never through the DDP wrapper) and take gradients with
-respect to particles only. All is in standardised units; the sampling API is ``sampling.SamplingAPI``.
+The inner loops call the energy directly (never through the DDP wrapper) and take gradients with respect to
+particles only, in standardised units; the sampling API is ``training.sampling.SamplingAPI``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from torch import Tensor
 
 from lvebm_lightning.energies.base import cached_weights
-from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.langevin import LangevinConfig
 from lvebm_lightning.particles import build_posterior
+from lvebm_lightning.particles.collapsed import collapsible
 from lvebm_lightning.seeding import STREAM_LATENT, gather_generator_states, make_generator, restore_generator
 from lvebm_lightning.training import tracking
 from lvebm_lightning.training.divergence import DivergenceGuard
@@ -51,6 +52,7 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         divergence: ``{"policy": "skip" | "raise", "max_consecutive": int}`` (``DivergenceGuard``).
         long_chains: ``{"n_steps", "step_size", "n_samples", "kernel"}``: fresh long chains for the model's
             samples (``step_size`` and ``kernel`` None: those of the negative kernel).
+        collapsed: collapsed moves of the pool and long chains where the energy allows (``particles.collapsed``).
         seed: the base seed of every rank's generators.
     """
 
@@ -68,6 +70,7 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         gradient_clip: float | None,
         divergence: dict[str, Any],
         long_chains: dict[str, Any],
+        collapsed: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -86,6 +89,7 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         )
         self.negative_config = LangevinConfig.from_entry(negative)
         self.negative_batch_size = int(negative["batch_size"])
+        self.collapsed = bool(collapsed) and collapsible(self.energy)
         self.alpha, self.gradient_clip = float(alpha), gradient_clip
         self.guard = DivergenceGuard(**divergence)
         self.long_chains = dict(long_chains)
@@ -150,10 +154,11 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         return z, loss
 
     def negative_particles(self, log: bool = True) -> tuple[Tensor, Tensor]:
-        """Step 2: a batch of pool rows (local indices ``[B]``) moved by T_n joint steps ``[B, dx + dz]``."""
+        """Step 2: a batch of pool rows (local indices ``[B]``) moved by T_n steps ``[B, dx + dz]`` (joint, or
+        collapsed where the energy allows it)."""
         pool = self.negative_pool
         pool_idx, xz_neg = pool.draw(self.negative_batch_size)
-        xz_neg, accept = langevin(self.joint_energy, xz_neg, self.negative_config, pool.generator)
+        xz_neg, accept = self.move_pairs(xz_neg, self.negative_config, pool.generator)
         pool.write(pool_idx, xz_neg)
         if self.negative_config.metropolis and log:
             # MALA's acceptance of the pool's moves: near 0 means h_n is too large for the current energy.
@@ -206,16 +211,13 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
         """Drop this update (the guard raises when it is one too many); re-initialise non-finite particles."""
         self.guard.bad_step(names, self.global_step)
         if self.posterior.store is not None:
-            stored = self.posterior.store.get(index)
-            bad = ~torch.isfinite(stored).all(dim=-1, keepdim=True)
-            fresh = torch.randn(stored.shape, generator=self.generator, device=stored.device)
-            self.posterior.store.set(index, torch.where(bad, fresh, stored))
+            self.posterior.store.reinit_nonfinite_(index, self.generator)
         self.negative_pool.reinit_nonfinite_(pool_idx)
         log_step(self, *logged, skipped_steps=self.guard.skipped_steps)
         return logged[0].detach()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """Metrics are computed over the whole validation (and test) set by ``callbacks.metrics``."""
+        """Metrics come from ``callbacks.metrics``, over the whole split."""
 
     test_step = validation_step
 

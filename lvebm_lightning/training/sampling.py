@@ -2,7 +2,10 @@
 
 ``LVEBMModule`` inherits it; callbacks (metrics, galleries) and ``lvebm_lightning.inference`` call it:
 
-- ``sample_joint``: n pairs (x, z) from N(0, I) moved by T_eval joint Langevin steps (the model's own p(x, z));
+- ``move_pairs``: pairs (x, z) moved by a kernel: joint Langevin on E(x, z), or, for an energy that declares a
+  closed-form x | z and with ``collapsed`` on, Langevin on z under E_z and x | z drawn exactly
+  (``particles.collapsed``);
+- ``sample_joint``: n pairs (x, z) from N(0, I) moved by T_eval steps of ``move_pairs`` (the model's own p(x, z));
 - ``infer_standardised``: K fresh conditional chains z | x per datum, for standardised data;
 - ``model_samples``: ``sample_joint`` computed once per step and shared by the callbacks;
 - ``long_chain_config``: the kernel of those chains (``sampler.long_chains``), the negative pool's step function
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 from lvebm_lightning.energies.base import cached_weights
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.particles import conditional_langevin
+from lvebm_lightning.particles.collapsed import collapsed_langevin
 from lvebm_lightning.seeding import STREAM_DRAWS, make_generator
 
 
@@ -35,6 +39,7 @@ class SamplingAPI:
     data_std: Tensor
     long_chains: dict[str, Any]
     negative_config: LangevinConfig
+    collapsed: bool
     posterior: Any
     _sample_cache: dict[tuple, Tensor]
 
@@ -61,6 +66,15 @@ class SamplingAPI:
             compile=self.negative_config.compile, autocast=self.negative_config.autocast,
         )
 
+    def move_pairs(
+        self, xz: Tensor, config: LangevinConfig, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """Pairs ``[B, dx + dz]`` after T steps of ``config`` (collapsed where ``collapsed``) and the mean
+        acceptance (0-d)."""
+        if self.collapsed:
+            return collapsed_langevin(self.energy, xz, self.dx, config, generator)
+        return langevin(self.joint_energy, xz, config, generator)
+
     def draw_generator(self, *keys: int) -> torch.Generator:
         """A generator of this rank's draws stream (model samples, inference, metrics), keyed by ``keys``."""
         rank = self.trainer.global_rank if self._trainer is not None else 0
@@ -71,11 +85,11 @@ class SamplingAPI:
         self, n: int, n_steps: int | None = None, step_size: float | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Fresh long chains: n pairs ``[n, dx + dz]`` from N(0, I) moved by T_eval joint Langevin steps."""
+        """Fresh long chains: n pairs ``[n, dx + dz]`` from N(0, I) moved by T_eval steps (``move_pairs``)."""
         generator = generator or self.draw_generator(self.global_step)
         xz = torch.randn(n, self.dx + self.dz, generator=generator, device=self.device)
         with cached_weights(self.energy):
-            xz, _ = langevin(self.joint_energy, xz, self.long_chain_config(n_steps, step_size), generator)
+            xz, _ = self.move_pairs(xz, self.long_chain_config(n_steps, step_size), generator)
         return xz
 
     @torch.no_grad()
