@@ -57,20 +57,9 @@ class LVEBMModule(SamplingAPI, pl.LightningModule):
     """
 
     def __init__(
-        self,
-        dx: int,
-        dz: int,
-        n_data: int,
-        energy: dict[str, Any],
-        optimizer: dict[str, Any],
-        lr_scheduler: dict[str, Any],
-        posterior: dict[str, Any],
-        negative: dict[str, Any],
-        alpha: float,
-        gradient_clip: float | None,
-        divergence: dict[str, Any],
-        long_chains: dict[str, Any],
-        collapsed: bool = True,
+        self, dx: int, dz: int, n_data: int, energy: dict[str, Any], optimizer: dict[str, Any],
+        lr_scheduler: dict[str, Any], posterior: dict[str, Any], negative: dict[str, Any], alpha: float,
+        gradient_clip: float | None, divergence: dict[str, Any], long_chains: dict[str, Any], collapsed: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
