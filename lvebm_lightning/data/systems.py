@@ -573,24 +573,45 @@ class Pendulum(System):
     def _acceleration(self, theta: np.ndarray) -> np.ndarray:
         return -(self.omega0**2) * np.sin(theta)
 
+    @property
+    def stride(self) -> int:
+        """RK4 steps between two observations."""
+        return round(self.dt_obs / self.dt)
+
+    def start_step(self, energy: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """The RK4 step at which each trajectory's first observation falls, [n] -> [n] int."""
+        return np.rint(phase / (2.0 * np.pi) * self.period(energy) / self.dt).astype(np.int64)
+
+    def _rk4_step(self, theta: np.ndarray, omega: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h = self.dt
+        k1t, k1w = omega, self._acceleration(theta)
+        k2t, k2w = omega + 0.5 * h * k1w, self._acceleration(theta + 0.5 * h * k1t)
+        k3t, k3w = omega + 0.5 * h * k2w, self._acceleration(theta + 0.5 * h * k2t)
+        k4t, k4w = omega + h * k3w, self._acceleration(theta + h * k3t)
+        theta_next = theta + (h / 6.0) * (k1t + 2.0 * k2t + 2.0 * k3t + k4t)
+        return theta_next, omega + (h / 6.0) * (k1w + 2.0 * k2w + 2.0 * k3w + k4w)
+
+    def paths(self, energy: np.ndarray, n_steps: int) -> np.ndarray:
+        """The angle at every RK4 step 0..n_steps from the turning point, [n] -> [n, n_steps + 1]."""
+        theta = np.arccos(1.0 - energy / self.omega0**2)
+        omega = np.zeros_like(theta)
+        out = np.empty((len(energy), n_steps + 1))
+        for t in range(n_steps + 1):
+            out[:, t] = theta
+            theta, omega = self._rk4_step(theta, omega)
+        return out
+
     def trajectories(self, energy: np.ndarray, phase: np.ndarray) -> np.ndarray:
         """Noise-free angles [n, n_obs] of the pendulums with energies and phases [n] (RK4, step dt)."""
-        stride = round(self.dt_obs / self.dt)
-        start = np.rint(phase / (2.0 * np.pi) * self.period(energy) / self.dt).astype(np.int64)
+        start = self.start_step(energy, phase)
         theta = np.arccos(1.0 - energy / self.omega0**2)
         omega = np.zeros_like(theta)
         out = np.empty((len(energy), self.n_obs))
-        h = self.dt
-        for t in range(int(start.max()) + (self.n_obs - 1) * stride + 1):
+        for t in range(int(start.max()) + (self.n_obs - 1) * self.stride + 1):
             offset = t - start
-            read = (offset >= 0) & (offset % stride == 0) & (offset // stride < self.n_obs)
-            out[read, offset[read] // stride] = theta[read]
-            k1t, k1w = omega, self._acceleration(theta)
-            k2t, k2w = omega + 0.5 * h * k1w, self._acceleration(theta + 0.5 * h * k1t)
-            k3t, k3w = omega + 0.5 * h * k2w, self._acceleration(theta + 0.5 * h * k2t)
-            k4t, k4w = omega + h * k3w, self._acceleration(theta + h * k3t)
-            theta = theta + (h / 6.0) * (k1t + 2.0 * k2t + 2.0 * k3t + k4t)
-            omega = omega + (h / 6.0) * (k1w + 2.0 * k2w + 2.0 * k3w + k4w)
+            read = (offset >= 0) & (offset % self.stride == 0) & (offset // self.stride < self.n_obs)
+            out[read, offset[read] // self.stride] = theta[read]
+            theta, omega = self._rk4_step(theta, omega)
         return out
 
     def sample_with_latents(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
