@@ -31,8 +31,8 @@ from lvebm_lightning.data.systems import Pendulum
 class PendulumPosterior:
     """Posterior summaries of B data: ``samples`` ``[B, S, dx]`` (observed coordinates as given, missing ones drawn
     from the predictive), ``mean`` ``[B, dx]`` (the predictive mean there), and the posterior means of the hidden
-    variables, ``energy`` ``[B]``, ``cos_phase`` and ``sin_phase`` ``[B]``; ``dropped_mass`` ``[B]``, an upper bound of the
-    posterior weight of the candidates left out of the mixture."""
+    variables, ``energy`` ``[B]``, ``cos_phase`` and ``sin_phase`` ``[B]``; ``dropped_mass`` ``[B]``, an upper bound
+    of the posterior weight of the candidates left out of the mixture."""
 
     samples: Tensor
     mean: Tensor
