@@ -37,3 +37,21 @@ def collapsed_langevin(
     """
     z, accept = langevin(energy.z_energy, xz[..., dx:], config, generator)
     return torch.cat([draw_x_given_z(energy, z, generator), z], dim=-1), accept
+
+
+@torch.no_grad()
+def collapsed_conditional(
+    energy: nn.Module, x: Tensor, observed: Tensor, z: Tensor, config: LangevinConfig,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Draws of the missing coordinates given the observed ones, with the missing ones integrated out of the chain.
+
+    z ``[B, S, dz]`` moves by T steps of ``config``'s kernel under U(z) = -log int exp(-E(x, z)) dx_m (the energy's
+    ``z_energy`` with x_o ``[B, dx]`` held where ``observed`` ``[B, dx]`` is 1), which targets p(z | x_o) exactly;
+    then x_m | z is drawn exactly. Returns the completed data ``[B, S, dx]`` (x_o kept) and the final z.
+    """
+    xs = x.unsqueeze(1).expand(-1, z.shape[1], -1)
+    seen = observed.unsqueeze(1).expand_as(xs)
+    z, _ = langevin(lambda v: energy.z_energy(v, xs, seen), z, config, generator)
+    drawn = draw_x_given_z(energy, z, generator)
+    return torch.where(seen.bool(), xs, drawn), z
