@@ -1,4 +1,4 @@
-"""A new user's first contact, through the real ``train.py`` and console commands (issue 9): resumes that end
+"""A new user's first contact, through the real ``train.py`` and console commands: resumes that end
 cleanly, every class of bad input in one line before anything is written (the README's list, walked), a quiet
 console, galleries for short runs, and commands that answer ``help`` before importing torch."""
 
@@ -88,14 +88,23 @@ def test_resuming_a_finished_run_into_a_new_directory_with_more_steps_trains_on(
 
 # -- the README's "Bad input" list, walked --------------------------------------------------------------------
 def bad_input_examples() -> list[tuple[str, str]]:
-    """(class, example) for every backticked example of every class in the README's "Bad input" list."""
+    """(class, arguments) for every ``python train.py ...`` example of the README's "Bad input" list.
+
+    Each item of the list is ``- <class>: <examples>``, continued on lines indented by two spaces; its examples in
+    backticks that start with ``python train.py`` are walked here (others, such as a console command's, are
+    tested where they belong)."""
     text = (ROOT / "README.md").read_text()
-    section = "\n".join(text[text.index("**Bad input**"):].split("\n\n")[:2])
-    examples = []
+    section = text[text.index("\n## Bad input\n"):].split("\n## ")[1]
+    items: list[str] = []
     for line in section.splitlines():
         if line.startswith("- "):
-            name, _, rest = line[2:].partition(":")
-            examples += [(name, ex) for ex in re.findall(r"`([^`]+)`", rest)]
+            items.append(line[2:])
+        elif line.startswith("  ") and items:
+            items[-1] += " " + line.strip()
+    examples = []
+    for item in items:
+        name, _, rest = item.partition(":")
+        examples += [(name, ex) for ex in re.findall(r"`python train\.py ([^`]+)`", rest)]
     return examples
 
 
