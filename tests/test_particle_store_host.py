@@ -43,7 +43,7 @@ def test_sampler_config_reaches_every_kernel(make_cfg):
 
 
 def test_the_main_config_compiles_the_chains_and_the_smoke_run_does_not(tmp_path):
-    """``python train.py`` compiles every chain (README "Inner-loop speed": 1.8x end to end on a CPU);
+    """``python train.py`` compiles every chain (docs/benchmarks.md "Inner-loop speed": 1.8x end to end on a CPU);
     ``debug=fast``, whose chains are too short to pay back the compilation, runs them eagerly."""
     from lvebm_lightning.config.compose import compose_config
 

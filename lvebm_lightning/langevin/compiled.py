@@ -12,8 +12,8 @@ chain of T compiled steps makes at most two block graphs per shape, and one when
 T_z = 10, T_n = 50, T_eval = 4000; with cached spectral-norm weights ULA compiles T - 1 steps, below). Nothing
 inside the chain reads a tensor on the host. Blocks amortise the per-call overhead (guards, wrappers, the noise
 stack; about 0.15 ms a call on this project's CPUs, measured with a tiny network) that
-bounds small batches: at width 128, batch 256 a block of 5 ran 1.14-1.17x the one-step graph in an earlier session
-(README "Inner-loop speed"), at the price of a longer first compilation.
+bounds small batches: at width 128, batch 256 a block of 5 ran 1.14-1.17x the one-step graph
+(docs/benchmarks.md "Inner-loop speed"), at the price of a longer first compilation.
 
 - The start: an adjusted step (MALA) keeps U and grad U of the current point in its state, evaluated at the start
   by a graph of its own (``Step.init``, compiled); an unadjusted one (ULA) evaluates nothing there, so all T steps

@@ -35,7 +35,7 @@ class AmortisedPosterior(nn.Module):
         max_scale: the bound on every sigma_j, in standardised units.
         max_mean: the bound on every |mu_j| (mu = max_mean tanh(raw / max_mean); None: unbounded).
 
-    Why the bounds (README "Baselines"): the latent's location and scale are not identified, so an unbounded
+    Why the bounds (docs/benchmarks.md "Baselines"): the latent's location and scale are not identified, so an unbounded
     encoder drifts, the energy follows its samples down faster than the negative pool can follow, and the model
     grows a deep valley far from where the pool and the quadrature box are (the ELBO then reads tens of nats
     above log p(x)). The other strategies start every latent from N(0, init_scale^2) and the pool re-initialises
