@@ -23,9 +23,9 @@ Every validation (and test) epoch:
 
 Nothing is computed twice. The floor depends on the data alone: it is computed once per split (at the split's
 first evaluation) and reused. What depends on the model at a step but not on the split (the gathered fresh
-chains, the quadrature box and log Z, the ELBO rows with AIS log Z, the chains of ``w2_2x``) is kept from the
-last evaluation and reused by the next one at the same global step, so the final test after a validation at
-the same step scores only its own split; loading a checkpoint drops what was kept.
+chains and their observables, the quadrature box and log Z, the ELBO rows with AIS log Z, the chains of
+``w2_2x``) is kept from the last evaluation and reused by the next one at the same global step, so the final
+test after a validation at the same step scores only its own split; loading a checkpoint drops what was kept.
 
 Under DDP every rank draws its share of the model samples, scores its shard of the held-out data and of the
 ELBO data, and runs its share of the AIS chains; rows are gathered with torchmetrics' ``CatMetric`` and means
@@ -183,7 +183,9 @@ class EvaluationMetrics(pl.Callback):
                 out["nll_gap"] = out["nll"] - out["nll_true"]
         system = getattr(trainer.datamodule, "system", None)
         if system is not None:
-            for name, value in system.observables(model_x).items():
+            if "observables" not in self._kept:
+                self._kept["observables"] = system.observables(model_x)
+            for name, value in self._kept["observables"].items():
                 out[f"obs/{name}"] = value
             for name, value in system.observables(data).items():
                 out[f"obs/{name}_data"] = value

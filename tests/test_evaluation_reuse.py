@@ -1,5 +1,6 @@
 """Evaluation does nothing twice (callbacks/metrics.py): the W2 floor once per split, and the final test at the
-step of the last validation reusing what does not depend on the split (quadrature of log Z, ELBO rows).
+step of the last validation reusing what does not depend on the split (quadrature of log Z, ELBO rows, the
+model samples' observables).
 
 The callback's own functions are counted by wrappers that call them unchanged, on a real 20-step training run
 with validations at steps 10 and 20 and the test at step 20."""
@@ -51,5 +52,5 @@ def test_the_floor_is_computed_once_per_split_and_the_test_reuses_the_last_valid
         assert all(0.0 < sd < floor for sd, floor in zip(c[f"{stage}/w2_floor_sd"], c[f"{stage}/w2_floor"]))
         assert c[f"{stage}/w2_ratio"] == pytest.approx([w / c[f"{stage}/w2_floor"][0] for w in c[f"{stage}/w2"]])
     assert c["val/w2_floor"] != c["test/w2_floor"]  # each split has its own
-    for key in ("elbo", "iw_bound", "train_log_lik", "quadrature_edge_mass"):  # split-independent: the same numbers
+    for key in ("elbo", "iw_bound", "train_log_lik", "quadrature_edge_mass", "obs/right_well_mass"):  # the model's
         assert c[f"test/{key}"][0] == c[f"val/{key}"][-1], key
