@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torchmetrics.functional import mean_squared_error
 
 from lvebm_lightning.data.systems import GridDensity, Phi4, linear_gaussian_ml, magnetisation
 from lvebm_lightning.inference import LoadedModel, infer, reconstruct, sample
@@ -70,7 +71,7 @@ def knn_reconstruction(train: Tensor, test: Tensor, hidden: list[int], n_samples
 def recon_scores(samples: Tensor, mean: Tensor, target: Tensor) -> dict[str, float]:
     """RMSE of ``mean`` ``[B, h]``, mean energy score and 90% central coverage of ``samples`` ``[B, S, h]``."""
     return {
-        "recon_rmse": float(((mean - target) ** 2).mean().sqrt()),
+        "recon_rmse": float(mean_squared_error(mean, target, squared=False)),
         "recon_es": float(energy_score(samples, target).mean()),
         "recon_cov90": float(central_coverage(samples, target, 0.9)),
     }

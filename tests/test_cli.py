@@ -147,7 +147,7 @@ def test_evaluate_reproduces_the_metrics_logged_in_training(run_dir, ckpt):
     for split in ("val", "test"):
         metrics = evaluate(ckpt, split)
         assert metrics["step"] == 10 and metrics["w2_floor_reference"] == "training split"
-        for key in ("w2", "w2_floor", "w2_pool", "nll"):
+        for key in ("w2", "w2_floor", "w2_floor_sd", "w2_ratio", "w2_pool", "nll"):
             assert metrics[key] == pytest.approx(last_logged(run_dir, f"{split}/{key}"), rel=1e-5), (split, key)
     json.dumps(metrics)  # plain numbers and strings only
 
@@ -180,8 +180,8 @@ def test_evaluate_without_the_training_config_floors_against_half_of_the_data(ck
     model = load(tmp_path / "bare.ckpt")
     x = sample(load(ckpt), 120, n_steps=5, seed=3)
     metrics = evaluate(model, x)
-    assert metrics["w2_floor_reference"] == "half" and metrics["n_w2"] == 60
-    assert metrics["w2_floor"] > 0
+    assert metrics["w2_floor_reference"] == "halves" and metrics["n_w2"] == 60
+    assert metrics["w2_floor"] > metrics["w2_floor_sd"] > 0
     with pytest.raises(InferenceError, match="holds no training config, so the run's data cannot be rebuilt"):
         evaluate(model, "test")
 

@@ -107,6 +107,9 @@ def assert_every_metric_is_finite_and_sane(columns: dict[str, list[float]], lr: 
         for key in ("w2", "w2_floor", "w2_pool"):
             check(f"{stage}/{key}", all(0.0 < v < 100 for v in m[key]))
         check(f"{stage}/w2_ratio", _close(m["w2_ratio"], [a / b for a, b in zip(m["w2"], m["w2_floor"])]))
+        # The floor (mean and spread over pairs of data samples) depends on the data alone: one value per split.
+        check(f"{stage}/w2_floor_sd", all(0.0 < sd < f for sd, f in zip(m["w2_floor_sd"], m["w2_floor"])))
+        assert len(set(m["w2_floor"])) == 1 and len(set(m["w2_floor_sd"])) == 1, stage
         check(f"{stage}/nll_gap", _close(m["nll_gap"], [a - b for a, b in zip(m["nll"], m["nll_true"])]))
         check(f"{stage}/nll", all(gap > -0.5 for gap in m["nll_gap"]))
         check(f"{stage}/nll_true", all(0.0 < v < 100 for v in m["nll_true"]))

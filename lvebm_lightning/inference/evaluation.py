@@ -2,10 +2,11 @@
 
 The model samples, the quadrature box and the ELBO draws come from the streams the validation callback
 (``callbacks.metrics``) uses at the checkpoint's step, so that on the run's own splits the numbers are those
-training logged: W2 and its floor, the exact NLL (dx + dz <= 3), and ``train_elbo``, the bound training logs as
-``val/elbo`` / ``test/elbo``. That bound is computed on the persistent particles of the first ``n_elbo``
-training data (whatever split is evaluated); ``elbo`` here bounds log p(x) of the given data instead, with
-K fresh posterior chains per datum, so the two differ by design (``elbo_note``).
+training logged: W2 and its floor (the mean ``w2_floor`` and spread ``w2_floor_sd`` over pairs of data samples),
+the exact NLL (dx + dz <= 3), and ``train_elbo``, the bound training logs as ``val/elbo`` / ``test/elbo``. That
+bound is computed on the persistent particles of the first ``n_elbo`` training data (whatever split is
+evaluated); ``elbo`` here bounds log p(x) of the given data instead, with K fresh posterior chains per datum, so
+the two differ by design (``elbo_note``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from lvebm_lightning.metrics import ais_log_partition, elbo
 from lvebm_lightning.metrics.evaluation import (
     QUADRATURE_MAX_DIM,
     data_nll,
+    floor_distances,
+    halving_pairs,
+    held_out_rows,
     posterior_bounds,
     quadrature,
+    reference_pairs,
     sample_distances,
 )
 
@@ -94,19 +99,20 @@ def score(
     settings = {k: v if v is not None else run[k] for k, v in given.items()}
     n_samples, elbo_samples = int(settings["n_samples"]), int(settings["elbo_samples"])
     train_x = _training_data(model)
-    if train_x is not None:  # as in training: the floor is W2(training data, data), the box covers training data
-        data_w2, reference, reference_name, cover = x, train_x, "training split", train_x
-    elif len(x) >= 2:  # two disjoint halves of the data, so that the floor compares independent samples
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(3))
-        data_w2, reference, reference_name, cover = x[order[: len(x) // 2]], x[order[len(x) // 2 :]], "half", x
-    else:
+    if train_x is None and len(x) < 2:
         raise InferenceError("the W2 floor needs at least 2 data rows when the training data cannot be rebuilt.")
-
     model_xz = module.sample_joint(n_samples, generator=model.generator(seed))
     model_x = module.to_data_units(model_xz[:, : model.dx]).cpu()
     pool_x = module.to_data_units(model.pool[:, : model.dx]).cpu() if model.pool is not None else None
-    n = min(n_samples, len(data_w2), len(reference), len(model_x))
-    out: dict[str, Any] = {k: float(v) for k, v in sample_distances(model_x, data_w2, reference, n, pool_x).items()}
+    if train_x is not None:  # as in training: the data against independent training samples; the box covers them
+        held = held_out_rows(x, min(n_samples, len(x), len(model_x)))
+        pairs, reference_name, cover = reference_pairs(held, train_x), "training split", train_x
+    else:  # no independent sample: random halvings of the data, W2 against the first pair's first half
+        pairs, reference_name, cover = halving_pairs(held_out_rows(x, 2 * min(n_samples, len(x) // 2))), "halves", x
+        held = pairs[0][0]
+    n = len(held)
+    distances = sample_distances(model_x, held, floor_distances(pairs), pool_x)
+    out: dict[str, Any] = {k: float(v) for k, v in distances.items()}
 
     x_std = module.to_standard_units(x.to(dev))
     log_det = module.data_std.log().sum()

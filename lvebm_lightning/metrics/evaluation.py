@@ -3,9 +3,13 @@
 Shared by the validation / test callback (``callbacks.metrics``) and by ``lvebm-eval``
 (``lvebm_lightning.inference.evaluation``), so that both compute the same numbers from the same inputs:
 
-- ``sample_distances``: W2 of the model's samples to the data, its floor (W2 of a reference data sample of the
-  same size to the data), W2 of the negative pool, their ratio, and sliced W2 when dx > 3; each W2 subsamples
-  with its own fixed generator, so equal inputs give equal values.
+- ``held_out_rows``: the n held-out rows that every W2 of a split is measured against.
+- ``floor_distances``: the W2 floor at that size, the mean and spread over ``FLOOR_PAIRS`` pairs of independent
+  data samples (``reference_pairs`` or ``halving_pairs``); it depends on the data alone, so callers compute it
+  once per split.
+- ``sample_distances``: W2 of the model's samples and of the negative pool to the held-out rows, the ratio to the
+  floor's mean, and sliced W2 when dx > 3; each W2 subsamples with its own fixed generator, so equal inputs give
+  equal values.
 - ``quadrature``: log Z on a box that covers the training data and the model's samples (dx + dz <= 3), and
   ``data_nll``: the exact -log p(x) per datum in data units, -log p_std(s(x)) + sum_d log sigma_d.
 - ``posterior_bounds``: the ELBO and importance-weighted bound of each datum from the posterior strategy's
@@ -29,20 +33,63 @@ QUADRATURE_MAX_DIM = 3
 """Exact likelihood by quadrature only when dx + dz <= 3 (the grid costs n_points^(dx + dz) energies)."""
 
 
+FLOOR_PAIRS = 5
+"""Independent pairs of data samples whose W2 give the floor's mean and spread."""
+
+
+def held_out_rows(data: Tensor, n: int) -> Tensor:
+    """The n rows ``[n, dx]`` of held-out data ``[N, dx]`` that every W2 of the split is measured against: all of
+    them in order when N <= n, else a fixed draw without replacement (seed 0), the same at every evaluation."""
+    if len(data) <= n:
+        return data
+    return data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]]
+
+
+def reference_pairs(held: Tensor, reference: Tensor, n_pairs: int = FLOOR_PAIRS) -> list[tuple[Tensor, Tensor]]:
+    """Pairs (held, R_i) for the floor: the held-out rows ``[n, dx]`` against n rows R_i of ``reference``
+    ``[M, dx]``, data of the same law drawn independently of them (the training split). The R_i are disjoint
+    blocks of one permutation (seed 1) when M >= n_pairs n, else independent draws without replacement.
+
+    W2(held, R_i) is what a model drawing exact samples would score against these very rows, so the pairs' mean
+    and spread are the floor of the model's W2 and its noise."""
+    n = len(held)
+    if len(reference) >= n_pairs * n:
+        blocks = torch.randperm(len(reference), generator=torch.Generator().manual_seed(1))[: n_pairs * n]
+        return [(held, reference[block]) for block in blocks.view(n_pairs, n)]
+    draws = [torch.randperm(len(reference), generator=torch.Generator().manual_seed(1 + i))[:n]
+             for i in range(n_pairs)]
+    return [(held, reference[index]) for index in draws]
+
+
+def halving_pairs(x: Tensor, n_pairs: int = FLOOR_PAIRS) -> list[tuple[Tensor, Tensor]]:
+    """Pairs of disjoint halves ``[N // 2, dx]`` of ``x`` ``[N, dx]``, one random halving per pair (seed 3 + i),
+    for data with no independent reference sample; the first pair's first half is the held-out side of W2."""
+    half = len(x) // 2
+    orders = [torch.randperm(len(x), generator=torch.Generator().manual_seed(3 + i)) for i in range(n_pairs)]
+    return [(x[order[:half]], x[order[half : 2 * half]]) for order in orders]
+
+
+def floor_distances(pairs: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    """The W2 floor: ``w2_floor``, the mean of the exact W2 of each pair of equal-size data samples, and
+    ``w2_floor_sd``, their standard deviation (with Bessel's correction; 0 for a single pair)."""
+    values = torch.stack([w2(a, b, max(len(a), len(b))) for a, b in pairs])
+    sd = values.std() if len(values) > 1 else torch.zeros((), dtype=values.dtype)
+    return {"w2_floor": values.mean(), "w2_floor_sd": sd}
+
+
 def sample_distances(
-    model_x: Tensor, data: Tensor, reference_x: Tensor, n: int, pool_x: Tensor | None = None
+    model_x: Tensor, held: Tensor, floor: dict[str, Tensor], pool_x: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """W2 (``w2``), its floor (``w2_floor``), the pool's W2 (``w2_pool``), ``w2_ratio`` = w2 / w2_floor and, when
-    dx > 3, ``sliced_w2``; all between clouds ``[*, dx]`` in data units, on at most n points a side."""
-    out = {
-        "w2": w2(model_x, data, n, torch.Generator().manual_seed(0)),
-        "w2_floor": w2(reference_x, data, n, torch.Generator().manual_seed(1)),
-    }
+    """W2 (``w2``) of the model's samples and of the pool (``w2_pool``) to the held-out rows ``held`` ``[n, dx]``,
+    each side on at most n points, ``w2_ratio`` = w2 / w2_floor (the floor's mean), the ``floor`` entries
+    themselves and, when dx > 3, ``sliced_w2``; all clouds ``[*, dx]`` in data units."""
+    n = len(held)
+    out = {"w2": w2(model_x, held, n, torch.Generator().manual_seed(0)), **floor}
     if pool_x is not None:
-        out["w2_pool"] = w2(pool_x, data, n, torch.Generator().manual_seed(2))
+        out["w2_pool"] = w2(pool_x, held, n, torch.Generator().manual_seed(2))
     if model_x.shape[1] > QUADRATURE_MAX_DIM:
-        out["sliced_w2"] = sliced_w2(model_x, data[:n])
-    out["w2_ratio"] = out["w2"] / out["w2_floor"]
+        out["sliced_w2"] = sliced_w2(model_x, held)
+    out["w2_ratio"] = out["w2"] / floor["w2_floor"]
     return out
 
 

@@ -6,13 +6,15 @@
 - ``central_coverage``: the share of true values inside the central ``level`` interval of their samples.
 - ``knn_predict`` / ``cv_knn_r2``: a k-nearest-neighbour regression and its K-fold cross-validated R^2, the probe
   for "how much of a hidden variable does a representation carry" (posterior means, principal components,
-  observed coordinates).
+  observed coordinates). R^2 itself is torchmetrics' ``r2_score`` (1 - sum (y - yhat)^2 / sum (y - mean y)^2 per
+  column).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchmetrics.functional import r2_score
 
 
 def energy_score(samples: Tensor, truth: Tensor) -> Tensor:
@@ -31,13 +33,6 @@ def central_coverage(samples: Tensor, truth: Tensor, level: float = 0.9) -> Tens
     lo = torch.quantile(samples, (1.0 - level) / 2.0, dim=1)
     hi = torch.quantile(samples, (1.0 + level) / 2.0, dim=1)
     return ((truth >= lo) & (truth <= hi)).double().mean()
-
-
-def r2_score(prediction: Tensor, target: Tensor) -> Tensor:
-    """R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2, per column of ``[N, m]``, ``[m]``."""
-    residual = ((target - prediction) ** 2).sum(0)
-    total = ((target - target.mean(0)) ** 2).sum(0)
-    return 1.0 - residual / total
 
 
 def knn_predict(train_x: Tensor, train_y: Tensor, query: Tensor, k: int = 10) -> Tensor:
@@ -59,4 +54,4 @@ def cv_knn_r2(features: Tensor, target: Tensor, k: int = 10, folds: int = 5, see
         keep = torch.ones(n, dtype=torch.bool)
         keep[held] = False
         prediction[held] = knn_predict(features[keep].double(), target[keep].double(), features[held].double(), k)
-    return r2_score(prediction, target.double())
+    return r2_score(prediction, target.double(), multioutput="raw_values")

@@ -24,7 +24,6 @@ import hydra.utils
 import lightning.pytorch as pl
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -44,6 +43,7 @@ from lvebm_lightning.training.checkpointing import (
 )
 from lvebm_lightning.training.divergence import TrainingDiverged
 from lvebm_lightning.training.module import LVEBMModule
+from lvebm_lightning.training.progress import StepProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,11 @@ def config_node(name: str) -> Iterator[None]:
 
 
 def progress_bar(cfg: DictConfig) -> list[pl.Callback]:
-    """Without a terminal (a log file, a batch job) a bar that redraws every step fills the log: redraw it about
-    20 times a run instead."""
-    if sys.stdout.isatty() or cfg.trainer.get("enable_progress_bar") is False:
+    """One bar over the run's steps; without a terminal (a log file, a batch job) a bar that redraws every step
+    fills the log, so it is redrawn about 20 times a run instead."""
+    if cfg.trainer.get("enable_progress_bar") is False:
         return []
-    return [TQDMProgressBar(refresh_rate=max(1, int(cfg.trainer.get("max_steps") or 1000) // 20))]
+    return [StepProgressBar(redraws=None if sys.stdout.isatty() else 20)]
 
 
 def prepare(cfg: DictConfig) -> Prepared:
