@@ -35,7 +35,8 @@ def log_step(
     grad_norm: Tensor, skipped_steps: int,
 ) -> None:
     """Log the step's energies, scales and norms, non-finite ones included (a skipped step logs its own values
-    rather than repeating the previous step's), so a divergence shows before it stops the run. The learning
+    rather than repeating the previous step's), so a divergence shows before it stops the run. An energy with an
+    observation-noise scale (the decoder's sigma, standardised units) logs it as ``train/sigma``. The learning
     rate, ``train/lr``, is logged by Lightning's ``LearningRateMonitor``."""
     e_pos_mean, e_neg_mean = e_pos.detach().mean(), e_neg.detach().mean()
     module.log_dict(
@@ -53,3 +54,6 @@ def log_step(
         },
         on_step=True, on_epoch=False,
     )
+    sigma = getattr(module.energy, "sigma", None)
+    if isinstance(sigma, Tensor):
+        module.log("train/sigma", sigma.detach(), on_step=True, on_epoch=False)
