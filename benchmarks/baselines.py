@@ -1,7 +1,7 @@
 """The method against its baselines, same data and the same budget of optimizer steps, measured in one run.
 
-    python benchmarks/baselines.py                                  # double well, conf/ defaults (max_steps)
-    python benchmarks/baselines.py --steps 1000 --datasets double_well,mueller_brown seed=1
+    python -m benchmarks.baselines                                  # double well, conf/ defaults (max_steps)
+    python -m benchmarks.baselines --steps 1000 --datasets double_well,mueller_brown seed=1
 
 For each dataset, four runs of ``train(cfg)`` on the composed ``conf/train.yaml`` (its defaults, then the
 method's overrides, then the extra Hydra overrides given here):
@@ -26,7 +26,8 @@ table reports, on the test split (docs/design.md section 5):
                   amortised encoder's own exact-density ELBO
 
 Runs are sequential, one after another in this process, so their wall times are comparable with each other;
-on a loaded machine they are all inflated alike.
+on a loaded machine they are all inflated alike. The report goes to a new file in ``benchmarks/results/baselines/``
+(beside the dense-matmul rate before and after); ``--json`` also writes the rows.
 """
 
 from __future__ import annotations
@@ -37,17 +38,12 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-
-ROOT = Path(__file__).resolve().parents[1]
-# Benchmark the checkout this script sits in, not another installed copy of the package.
-sys.path.insert(0, str(ROOT))
-from lvebm_lightning.config.compose import compose_config  # noqa: E402  (needs the path above)
-from lvebm_lightning.training.run import train  # noqa: E402
+from benchmarks.common import ROOT, Report, RunTimer, machine, matmul_gflops, report_path
+from lvebm_lightning.config.compose import compose_config
+from lvebm_lightning.training.run import train
 
 METHODS: dict[str, list[str]] = {
     "persistent": ["sampler=persistent"],
@@ -55,22 +51,6 @@ METHODS: dict[str, list[str]] = {
     "amortised": ["sampler=amortised"],
     "no latents": ["model.dz=0"],
 }
-TIMERS: list[TrainTimer] = []
-
-
-class TrainTimer(pl.Callback):
-    """Wall time summed over training batches (from batch start to batch end), so validation is excluded."""
-
-    def __init__(self) -> None:
-        self.seconds, self.steps, self._start = 0.0, 0, 0.0
-        TIMERS.append(self)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.steps += 1
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,38 +68,35 @@ def run(dataset: str, method: str, steps: int, overrides: list[str], out: Path) 
     budget = [f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}"] if steps else []
     cfg = compose_config(out, [
         f"data={dataset}", *METHODS[method], "logger=csv", "~callbacks.gallery", "test=true",
-        "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=__main__.TrainTimer", *budget, *overrides,
+        "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=benchmarks.common.RunTimer", *budget,
+        *overrides,
     ])
-    TIMERS.clear()
+    RunTimer.runs.clear()
     metrics = train(cfg)
-    (timer,) = TIMERS
-    return {"dataset": dataset, "method": method, "seconds": timer.seconds, "steps": timer.steps, **metrics}
+    (timer,) = RunTimer.runs
+    return {"dataset": dataset, "method": method, "seconds": timer.busy_s, "steps": len(timer.steps), **metrics}
 
 
 def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    columns = [
-        ("dataset", 12), ("method", 11), ("steps", 6), ("train s", 8), ("x method", 8), ("W2/floor", 9),
-        ("pool/floor", 10), ("NLL", 7), ("true", 7), ("gap", 7), ("edge", 7), ("ELBO", 8), ("ELBO enc", 8),
+COLUMNS = ("dataset", "method", "steps", "train s", "x method", "W2/floor", "pool/floor", "NLL", "true", "gap", "edge",
+           "ELBO", "ELBO enc")
+
+
+def table_row(r: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The cells of ``COLUMNS`` for run ``r``; its training time also as a ratio to the method's on its dataset."""
+    base = next((b for b in rows if b["dataset"] == r["dataset"] and b["method"] == "persistent"), None)
+    floor = r.get("test/w2_floor")
+    pool = r["test/w2_pool"] / floor if "test/w2_pool" in r and floor else None
+    return [
+        r["dataset"], r["method"], str(r["steps"]), fmt(r["seconds"], ".0f"),
+        fmt(r["seconds"] / base["seconds"] if base else None, ".2f"), fmt(r.get("test/w2_ratio"), ".2f"),
+        fmt(pool, ".2f"), fmt(r.get("test/nll"), ".3f"), fmt(r.get("test/nll_true"), ".3f"),
+        fmt(r.get("test/nll_gap"), ".3f"), fmt(r.get("test/quadrature_edge_mass"), ".0e"),
+        fmt(r.get("test/elbo"), ".3f"), fmt(r.get("test/elbo_encoder"), ".3f"),
     ]
-    header = " ".join(f"{name:>{width}}" for name, width in columns)
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        base = next((b for b in rows if b["dataset"] == r["dataset"] and b["method"] == "persistent"), None)
-        floor = r.get("test/w2_floor")
-        pool = r["test/w2_pool"] / floor if "test/w2_pool" in r and floor else None
-        values = [
-            r["dataset"], r["method"], str(r["steps"]), fmt(r["seconds"], ".0f"),
-            fmt(r["seconds"] / base["seconds"] if base else None, ".2f"), fmt(r.get("test/w2_ratio"), ".2f"),
-            fmt(pool, ".2f"), fmt(r.get("test/nll"), ".3f"), fmt(r.get("test/nll_true"), ".3f"),
-            fmt(r.get("test/nll_gap"), ".3f"), fmt(r.get("test/quadrature_edge_mass"), ".0e"),
-            fmt(r.get("test/elbo"), ".3f"), fmt(r.get("test/elbo_encoder"), ".3f"),
-        ]
-        print(" ".join(f"{v:>{width}}" for v, (_, width) in zip(values, columns)))
 
 
 def main() -> None:
@@ -134,14 +111,17 @@ def main() -> None:
         sys.exit(f"baselines: error: no conf/data/<name>.yaml for {missing}; see conf/data/ for the names.")
     os.environ.setdefault("WANDB_MODE", "disabled")
     rows: list[dict[str, Any]] = []
+    gflops = [matmul_gflops("cpu")]
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in datasets:
             for method in methods:
                 rows.append(run(dataset, method, args.steps, args.overrides, Path(tmp) / dataset / method))
-    print(f"\nBaselines: {args.steps or 'trainer.max_steps'} optimizer steps per run, test split; overrides: "
-          f"{' '.join(args.overrides) or 'none'}; {os.cpu_count()} CPU cores visible, "
-          f"{os.environ.get('OMP_NUM_THREADS', 'default')} thread(s)")
-    print_table(rows)
+    gflops.append(matmul_gflops("cpu"))
+    with Report(report_path("baselines")) as report:
+        report.line(f"{machine('cpu', gflops)}, before and after")
+        report.line(f"# baselines: {args.steps or 'trainer.max_steps'} optimizer steps per run, test split; "
+                    f"overrides: {' '.join(args.overrides) or 'none'}")
+        report.table(COLUMNS, [table_row(r, rows) for r in rows])
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -1,7 +1,7 @@
 """DDP scaling of LVEBM training: throughput on 1, 2, ... ranks, measured in one run of this script.
 
-    python benchmarks/ddp_scaling.py                                   # CPU: 1 and 2 processes (gloo)
-    python benchmarks/ddp_scaling.py --accelerator gpu --devices 1,2,4,8
+    python -m benchmarks.ddp_scaling                                   # CPU: 1 and 2 processes (gloo)
+    python -m benchmarks.ddp_scaling --accelerator gpu --devices 1,2,4,8
 
 Weak scaling, as DDP trains: every rank keeps its batch of B data and B_n negative pairs, so W ranks process
 W B data a step. For each W the script starts a fresh ``--worker`` process (Lightning starts ranks 1..W-1 by
@@ -14,7 +14,8 @@ config (or the overrides given), and reports, over all ranks:
 
 On CPU each process gets ``--threads`` threads (default 1), so the efficiency is that of adding cores.
 Validation, checkpoints and loggers are off: this measures the training step (both particle systems, the
-parameter step and DDP's gradient all-reduce).
+parameter step and DDP's gradient all-reduce). The report, with the dense-matmul rate of this process's device,
+goes to a new file in ``benchmarks/results/ddp_scaling/``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-ROOT = Path(__file__).resolve().parents[1]
-# Benchmark the checkout this script sits in, not another installed copy of the package.
-sys.path.insert(0, str(ROOT))
-from lvebm_lightning.training.run import build_model  # noqa: E402  (needs the path above)
+from benchmarks.common import ROOT, Report, RunTimer, machine, matmul_gflops, report_path
+from lvebm_lightning.training.run import build_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,7 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     datamodule = instantiate(cfg.data).prepare()
     pl.seed_everything(int(cfg.seed), verbose=False)
     model = build_model(cfg, datamodule)
-    timer = StepTimer(args.warmup, args.accelerator == "gpu")
+    timer = RunTimer(args.warmup)  # DDP's gradient all-reduce keeps the ranks in lock-step: rank 0's clock times all
     trainer = instantiate(
         cfg.trainer, callbacks=[instantiate(cfg.callbacks.negative_pool), timer], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
@@ -76,34 +74,10 @@ def worker(args: argparse.Namespace) -> None:
         per_rank = cfg.data.batch_size * cfg.sampler.posterior.n_particles * cfg.sampler.posterior.n_steps
         per_rank += cfg.sampler.negative.batch_size * cfg.sampler.negative.n_steps
         result = {
-            "world": world, "steps": timer.timed_steps, "seconds": timer.seconds, "threads": torch.get_num_threads(),
+            "world": world, "steps": len(timer.steps), "seconds": timer.window_s, "threads": torch.get_num_threads(),
             "data_per_step": world * cfg.data.batch_size, "particle_steps_per_step": world * per_rank,
         }
         Path(args.out).write_text(json.dumps(result))
-
-
-class StepTimer(pl.Callback):
-    """Wall time from the start of the first timed step to the end of the last (DDP's gradient all-reduce keeps
-    the ranks in lock-step, so rank 0's clock times them all)."""
-
-    def __init__(self, warmup: int, cuda: bool) -> None:
-        self.warmup, self.cuda = warmup, cuda
-        self.start: float | None = None
-        self.seconds, self.timed_steps = 0.0, 0
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = self._now()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self.start is not None:
-            self.seconds = self._now() - self.start
-            self.timed_steps = trainer.global_step - self.warmup
 
 
 def main() -> None:
@@ -118,12 +92,14 @@ def main() -> None:
     if args.accelerator == "cpu":
         env["OMP_NUM_THREADS"] = str(args.threads)
     results: list[dict[str, Any]] = []
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    gflops = matmul_gflops(device)
     with tempfile.TemporaryDirectory() as tmp:
         for world in worlds:
             out = Path(tmp) / f"world{world}" / "result.json"
             out.parent.mkdir(parents=True)
             command = [
-                sys.executable, str(Path(__file__).resolve()), "--worker", str(world), "--out", str(out),
+                sys.executable, "-m", "benchmarks.ddp_scaling", "--worker", str(world), "--out", str(out),
                 "--accelerator", args.accelerator, "--steps", str(args.steps), "--warmup", str(args.warmup),
                 "--threads", str(args.threads), *args.overrides,
             ]
@@ -133,19 +109,18 @@ def main() -> None:
             results.append(json.loads(out.read_text()))
     base = next(r for r in results if r["world"] == 1)
     base_rate = base["steps"] * base["data_per_step"] / base["seconds"]
-    print(f"DDP scaling on {args.accelerator} ({os.cpu_count()} CPU cores visible), weak scaling, "
-          f"{args.steps} timed steps after {args.warmup}; overrides: {' '.join(args.overrides) or 'none'}")
-    columns = ("ranks", 5), ("threads/rank", 12), ("s/step", 8), ("data/s", 10), ("particle-steps/s", 17)
-    header = " ".join(f"{name:>{width}}" for name, width in (*columns, ("efficiency", 10)))
-    print(header)
-    print("-" * len(header))
+    rows = []
     for r in results:
         per_second = r["steps"] / r["seconds"]
         data_rate = per_second * r["data_per_step"]
-        print(
-            f"{r['world']:>5} {r['threads']:>12} {1 / per_second:>8.4f} {data_rate:>10,.0f} "
-            f"{per_second * r['particle_steps_per_step']:>17,.0f} {data_rate / (r['world'] * base_rate):>10.2f}"
-        )
+        efficiency = data_rate / (r["world"] * base_rate)
+        rows.append((r["world"], r["threads"], f"{1 / per_second:.4f}", f"{data_rate:,.0f}",
+                     f"{per_second * r['particle_steps_per_step']:,.0f}", f"{efficiency:.2f}"))
+    with Report(report_path("ddp_scaling", device)) as report:
+        report.line(machine(device, [gflops]))
+        report.line(f"# DDP scaling on {args.accelerator}, weak scaling, {args.steps} timed steps after {args.warmup}; "
+                    f"overrides: {' '.join(args.overrides) or 'none'}")
+        report.table(("ranks", "threads/rank", "s/step", "data/s", "particle-steps/s", "efficiency"), rows)
 
 
 if __name__ == "__main__":

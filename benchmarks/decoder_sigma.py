@@ -6,33 +6,31 @@ the hidden half of a trajectory is wider than the truth's (90% coverage 1.00) an
 k-NN baseline's. A smaller sigma makes x | z stiffer: the joint density is a ridge x ~ g(z) of width sigma, so
 Langevin stays stable only with h well below sigma^2 and moves along the ridge by ~h per step. This script
 trains the pendulum ``persistent`` run of the table (its budget, seed, overrides) once per variant and prints,
-per variant, the final sigma, W2 against the data floor, and the reconstruction scores beside the k-NN's:
+per variant, the final sigma, W2 against the data floor, and the reconstruction scores beside the k-NN's (the
+report goes to a new file in ``benchmarks/results/decoder_sigma/``):
 
     default       sigma = 0.2 fixed, h = 0.01 (the paper's pendulum run)
     sigma0.1      sigma = 0.1 fixed, h_z = h_n = 0.0025 (h / sigma^2 unchanged, so each step is as stable)
     learned       sigma learned from 0.2 (``model.energy.learn_sigma=true``), h = 0.01
 
-    python benchmarks/decoder_sigma.py [--seed 0] [--variants default,sigma0.1,learned]
+    python -m benchmarks.decoder_sigma [--seed 0] [--variants default,sigma0.1,learned]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paper  # noqa: E402
-import paper_scores  # noqa: E402
-from speed import matmul_gflops  # noqa: E402
-
-from lvebm_lightning.inference import sample  # noqa: E402
-from lvebm_lightning.metrics.evaluation import sample_distances  # noqa: E402
+from benchmarks import paper, paper_scores
+from benchmarks.common import Report, machine, matmul_gflops, report_path, seconds
+from lvebm_lightning.config.compose import compose_config
+from lvebm_lightning.inference import load, sample
+from lvebm_lightning.metrics.evaluation import sample_distances
+from lvebm_lightning.training.run import train
 
 VARIANTS: dict[str, tuple[str, ...]] = {
     "default": (),
@@ -45,16 +43,14 @@ DATASET = "pendulum"
 def score(variant: str, seed: int, budget: paper.Budget, out: Path) -> tuple[dict[str, float], Any]:
     """Train one variant and score it; its row and the run's data module."""
     overrides = paper.run_overrides(DATASET, "persistent", seed, budget, ["test=false", *VARIANTS[variant]])
-    start = time.perf_counter()
-    paper.train(paper.compose_config(out, overrides))
-    row = {"train_s": time.perf_counter() - start}
-    model = paper.load(out / "checkpoints" / "last.ckpt")
+    row = {"train_s": seconds(lambda: train(compose_config(out, overrides)))}
+    model = load(out / "checkpoints" / "last.ckpt")
     data = model.run_data()
     row["sigma"] = float(model.module.energy.sigma.detach())
-    test, train = data.raw["test"], data.raw["train"]
-    n = min(budget.n_samples, len(test))
+    x_test, x_train = data.raw["test"], data.raw["train"]
+    n = min(budget.n_samples, len(x_test))
     x_model = torch.from_numpy(sample(model, n, seed=seed))
-    distances = sample_distances(x_model, test[:n], train[:n], n)
+    distances = sample_distances(x_model, x_test[:n], x_train[:n], n)
     row["w2_ratio"] = float(distances["w2_ratio"])
     hidden = list(paper.DATASETS[DATASET].hidden)
     row.update(paper_scores.reconstruction_scores(model, data, budget, hidden, seed))
@@ -80,15 +76,20 @@ def main() -> None:
         data.raw["train"], data.raw["test"][: budget.n_recon], list(paper.DATASETS[DATASET].hidden),
         budget.recon_samples,
     )
-    print(f"\n{DATASET} persistent seed {args.seed}, {budget.steps} steps; reconstruction of the second half from the "
-          f"first ({budget.n_recon} test data x {budget.recon_samples} samples, T = {budget.chain_steps}); "
-          f"dense matmul {matmul_gflops('cpu'):.0f} GFLOP/s\n")
-    print("| variant | overrides | final sigma | train s | W2/floor | recon RMSE | recon ES | 90% coverage |")
-    print("|---|---|---|---|---|---|---|---|")
-    for variant, row in rows.items():
-        print(f"| {variant} | {' '.join(VARIANTS[variant]) or '(none)'} | {row['sigma']:.3f} | {row['train_s']:.0f} | "
-              f"{row['w2_ratio']:.2f} | {row['recon_rmse']:.4f} | {row['recon_es']:.4f} | {row['recon_cov90']:.2f} |")
-    print(f"| k-NN reference | | | | | {knn['recon_rmse']:.4f} | {knn['recon_es']:.4f} | {knn['recon_cov90']:.2f} |")
+    rows_out = [
+        (variant, " ".join(VARIANTS[variant]) or "(none)", f"{row['sigma']:.3f}", f"{row['train_s']:.0f}",
+         f"{row['w2_ratio']:.2f}", f"{row['recon_rmse']:.4f}", f"{row['recon_es']:.4f}", f"{row['recon_cov90']:.2f}")
+        for variant, row in rows.items()
+    ]
+    rows_out.append(("k-NN reference", "", "", "", "", f"{knn['recon_rmse']:.4f}", f"{knn['recon_es']:.4f}",
+                     f"{knn['recon_cov90']:.2f}"))
+    with Report(report_path("decoder_sigma")) as report:
+        report.line(machine("cpu", [matmul_gflops("cpu")]))
+        report.line(f"# {DATASET} persistent seed {args.seed}, {budget.steps} steps; reconstruction of the second half "
+                    f"from the first ({budget.n_recon} test data x {budget.recon_samples} samples, "
+                    f"T = {budget.chain_steps})")
+        report.table(("variant", "overrides", "final sigma", "train s", "W2/floor", "recon RMSE", "recon ES",
+                      "90% coverage"), rows_out)
 
 
 if __name__ == "__main__":

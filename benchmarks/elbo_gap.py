@@ -7,23 +7,26 @@ nearest training data: ``inference.infer(start=...)``) and chain length given. P
 error, the median, quantiles, the share of test data where the particles win, and the mean without the worst 5%:
 a mean dragged down by a few data (chains in a minor mode) reads differently from a gap that every datum pays.
 
-    python benchmarks/elbo_gap.py [--dataset pendulum] [--method persistent] [--seed 0] [--chain-steps 1000,4000]
+    python -m benchmarks.elbo_gap [--dataset pendulum] [--method persistent] [--seed 0] [--chain-steps 1000,4000]
                                   [--starts prior,neighbours]
+
+The report goes to a new file in ``benchmarks/results/elbo_gap/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paper  # noqa: E402
-import paper_scores  # noqa: E402
+from benchmarks import paper, paper_scores
+from benchmarks.common import Report, report_path
+from lvebm_lightning.config.compose import compose_config
+from lvebm_lightning.inference import load
+from lvebm_lightning.training.run import train
 
 
 def main() -> None:
@@ -45,19 +48,21 @@ def main() -> None:
     budget = paper.Budget()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        paper.train(paper.compose_config(out, paper.run_overrides(args.dataset, args.method, args.seed, budget, [])))
-        model = paper.load(out / "checkpoints" / "last.ckpt")
+        train(compose_config(out, paper.run_overrides(args.dataset, args.method, args.seed, budget, [])))
+        model = load(out / "checkpoints" / "last.ckpt")
         gaps, _ = paper_scores.elbo_gaps(model, model.run_data(), budget, args.seed, steps, starts)
-    print(f"{args.dataset} {args.method} seed {args.seed}: particle ELBO - fitted-encoder ELBO per test datum "
-          f"(K = {budget.n_particles}, S = {budget.elbo_samples}, {budget.n_probe} test data), nats\n")
-    print("| start | T | mean | se | median | 1% | 10% | 90% | share > 0 | mean without the worst 5% |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for (start, t), gap in gaps.items():
         gap = gap.double()
         q = torch.quantile(gap, torch.tensor([0.01, 0.1, 0.5, 0.9], dtype=torch.float64)).tolist()
         trimmed = gap.sort().values[len(gap) // 20 :].mean()
-        print(f"| {start} | {t} | {gap.mean():.3f} | {gap.std() / math.sqrt(len(gap)):.3f} | {q[2]:.3f} | "
-              f"{q[0]:.2f} | {q[1]:.3f} | {q[3]:.3f} | {(gap > 0).double().mean():.2f} | {trimmed:.3f} |")
+        rows.append((start, t, f"{gap.mean():.3f}", f"{gap.std() / math.sqrt(len(gap)):.3f}", f"{q[2]:.3f}",
+                     f"{q[0]:.2f}", f"{q[1]:.3f}", f"{q[3]:.3f}", f"{(gap > 0).double().mean():.2f}", f"{trimmed:.3f}"))
+    with Report(report_path("elbo_gap")) as report:
+        report.line(f"# {args.dataset} {args.method} seed {args.seed}: particle ELBO - fitted-encoder ELBO per test "
+                    f"datum (K = {budget.n_particles}, S = {budget.elbo_samples}, {budget.n_probe} test data), nats")
+        report.table(("start", "T", "mean", "se", "median", "1%", "10%", "90%", "share > 0",
+                      "mean without the worst 5%"), rows)
 
 
 if __name__ == "__main__":

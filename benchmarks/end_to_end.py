@@ -4,9 +4,10 @@ Runs the README's main command (the double well, its default steps, validations 
 once per variant, one after the other, and prints a table: wall time (the whole process: start-up, compilation,
 training, validation, test), its ratio against the eager run, and the final test W2 (with its data floor), NLL and
 ELBO read from the run's CSV log, so that a speed-up is shown to leave the model's quality within noise. The
-dense-matmul rate is measured before and after, as the speed of the machine the ratios were taken on.
+dense-matmul rate is measured before and after, as the speed of the machine the ratios were taken on. The report
+goes to a new file in ``benchmarks/results/end_to_end/``.
 
-    python benchmarks/end_to_end.py [--variants eager,compiled] [--repeats 2] [overrides ...]
+    python -m benchmarks.end_to_end [--variants eager,compiled] [--repeats 2] [overrides ...]
 
 With ``--repeats R`` the variants run interleaved R times (eager, compiled, eager, compiled, ...) and the table
 shows each variant's best wall time with all of them beside it, so that a burst of load on a shared machine that
@@ -26,10 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import matmul_gflops  # noqa: E402
+from benchmarks.common import ROOT, Report, machine, matmul_gflops, report_path
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, tuple[str, ...]] = {"eager": ("sampler.compile=false",), "compiled": ("sampler.compile=true",)}
 METRICS = ("test/w2", "test/w2_floor", "test/nll", "test/elbo")
 
@@ -79,15 +78,16 @@ def main() -> None:
     after = matmul_gflops("cpu")
     rows = {variant: min(done, key=lambda r: r["seconds"]) for variant, done in runs.items()}
     reference = rows[variants[0]]["seconds"]
-    print(f"\npython train.py {' '.join(args.overrides)} on the CPU; dense matmul {before:.0f} GFLOP/s before and "
-          f"{after:.0f} after; best of {args.repeats} interleaved run(s) per variant; speed-up = {variants[0]} wall "
-          "time / variant wall time\n")
-    print("| variant | wall s (best) | all runs, s | speed-up | test W2 | W2 floor | test NLL | test ELBO |")
-    print("|---|---|---|---|---|---|---|---|")
-    for variant, row in rows.items():
-        every = ", ".join(f"{r['seconds']:.1f}" for r in runs[variant])
-        print(f"| {variant} | {row['seconds']:.1f} | {every} | {reference / row['seconds']:.2f}x | "
-              f"{row['test/w2']:.4f} | {row['test/w2_floor']:.4f} | {row['test/nll']:.4f} | {row['test/elbo']:.4f} |")
+    with Report(report_path("end_to_end")) as report:
+        report.line(f"{machine('cpu', [before, after])}, before and after")
+        report.line(f"# python train.py {' '.join(args.overrides)}; best of {args.repeats} interleaved run(s) per "
+                    f"variant; speed-up = {variants[0]} wall time / variant wall time")
+        report.table(
+            ("variant", "wall s (best)", "all runs, s", "speed-up", "test W2", "W2 floor", "test NLL", "test ELBO"),
+            [(variant, f"{row['seconds']:.1f}", ", ".join(f"{r['seconds']:.1f}" for r in runs[variant]),
+              f"{reference / row['seconds']:.2f}x", f"{row['test/w2']:.4f}", f"{row['test/w2_floor']:.4f}",
+              f"{row['test/nll']:.4f}", f"{row['test/elbo']:.4f}") for variant, row in rows.items()],
+        )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Evaluation share: where the evaluation time of the default ``python train.py`` goes, against its training time.
 
-    python benchmarks/evaluation_share.py [overrides...]
+    python -m benchmarks.evaluation_share [overrides...]
 
 Runs the default experiment once (``train(cfg)`` on the config ``train.py`` composes, logger=csv so that W&B
-start-up is not counted, plus any Hydra overrides given) and times, with the phase timer of ``quality.py``, the
+start-up is not counted, plus any Hydra overrides given) and times, with ``benchmarks.common.RunTimer``, the
 training steps (fit minus validation), every validation and the final test; inside them it times the parts of
 an evaluation by wrapping the functions that do them:
 
@@ -16,14 +16,16 @@ an evaluation by wrapping the functions that do them:
 The first validation also compiles the evaluation chains' graphs (the default ``sampler.compile=true``), so each
 validation is listed on its own. The target: evaluation (validations and test) at most 15% of the training
 time at the default validation interval (docs/design.md section 5). The particle-steps each part moves are
-printed beside it (training: steps x B (T_z K + T_n)), with the dense-matmul rate measured in the same run.
+printed beside it (training: steps x B (T_z K + T_n)), with the dense-matmul rate measured in the same run. The
+report goes to a new file in ``benchmarks/results/evaluation_share/``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
-import json
+import os
 import sys
 import tempfile
 import time
@@ -31,11 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.quality import PhaseTimer  # noqa: E402  (sets WANDB_MODE=offline too)
-from benchmarks.speed import matmul_gflops  # noqa: E402
+from benchmarks.common import Report, RunTimer, machine, matmul_gflops, report_path
 
 PARTS = (
     ("callbacks.metrics", "EvaluationMetrics", "_start", "chains and quadrature (epoch start)"),
@@ -87,57 +85,32 @@ class PartTimer:
         return seconds
 
 
-class EvaluationPhases(PhaseTimer):
-    """``PhaseTimer`` that also writes each validation's and the test's start and end (``perf_counter``)."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.phases: list[tuple[str, float, float]] = []
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        name = f"validation {len(self.phases) + 1} (step {trainer.global_step})"
-        self.phases.append((name, self._start["validation"], time.perf_counter()))
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self.phases.append(("test", self._start["test"], time.perf_counter()))
-        super().on_test_end(trainer, pl_module)
-
-    def _write(self) -> None:
-        self.path.write_text(json.dumps({**self.times, "steps": self.steps, "phases": self.phases}))
-
-
 def main() -> None:
-    import importlib
-
-    from omegaconf import open_dict
-
     from lvebm_lightning.config.compose import compose_config
     from lvebm_lightning.training.run import train
 
     overrides = sys.argv[1:]
     if any(a.startswith("-") for a in overrides):
         sys.exit(__doc__.split("\n\n")[1])
+    os.environ.setdefault("WANDB_MODE", "offline")
     parts = PartTimer()
     for module_name, owner_name, name, label in PARTS:
         module = importlib.import_module(module_name)
         parts.wrap(getattr(module, owner_name) if owner_name else module, name, label)
     gflops = [matmul_gflops("cpu")]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(Path(tmp) / "run", ["logger=csv", *overrides])
-        timings = Path(tmp) / "timings.json"
-        with open_dict(cfg):
-            cfg.callbacks.phase_timer = {"_target_": "benchmarks.evaluation_share.EvaluationPhases",
-                                         "path": str(timings)}
+        cfg = compose_config(Path(tmp) / "run",
+                             ["logger=csv", "+callbacks.timer._target_=benchmarks.common.RunTimer", *overrides])
+        RunTimer.runs.clear()
         start = time.perf_counter()
         metrics = train(cfg)
         wall = time.perf_counter() - start
-        timer = json.loads(timings.read_text())
+        (timer,) = RunTimer.runs
     parts.restore()
     gflops.append(matmul_gflops("cpu"))
-    steps = timer["steps"]
-    train_s = timer["fit"] - timer["validation"]
-    evaluation_s = timer["validation"] + timer["test"]
+    steps = timer.global_step
+    train_s = timer.phase_s("fit") - timer.phase_s("validation")
+    evaluation_s = timer.phase_s("validation") + timer.phase_s("test")
     posterior, negative, chains = cfg.sampler.posterior, cfg.sampler.negative, cfg.sampler.long_chains
     train_moves = steps * cfg.data.batch_size * (posterior.n_steps * posterior.n_particles + negative.n_steps)
     chain_moves = chains.n_samples * chains.n_steps
@@ -147,24 +120,27 @@ def main() -> None:
 
         default = inspect.signature(Gallery).parameters["n_posterior_particles"].default
         cloud_moves = gallery.n_posterior * gallery.get("n_posterior_particles", default) * chains.n_steps
-    print(f"# python train.py {' '.join(['logger=csv', *overrides])}: {steps} steps, wall {wall:.1f} s; dense "
-          f"matmul {min(gflops):.0f}-{max(gflops):.0f} GFLOP/s (2048^2 float32, before and after)")
-    print(f"# training steps move {train_moves:.3g} particle-steps; one validation's fresh chains "
-          f"{chain_moves:.3g} (n_eval {chains.n_samples} x T_eval {chains.n_steps})"
-          + (f", the gallery's posterior clouds {cloud_moves:.3g}" if gallery is not None else ""))
-    print(f"{'part':<44} {'seconds':>8} {'% of training':>14}")
-    print(f"{'training steps (fit minus validation)':<44} {train_s:>8.2f} {100.0:>14.1f}")
-    for phase, begin, end in timer["phases"]:
-        seconds, inside = end - begin, parts.within(begin, end)
-        print(f"{phase:<44} {seconds:>8.2f} {100 * seconds / train_s:>14.1f}")
+    rows = [("training steps (fit minus validation)", f"{train_s:.2f}", "100.0")]
+    evaluations = [p for p in timer.phases if p.name in ("validation", "test")]
+    for i, phase in enumerate(evaluations, 1):
+        seconds, inside = phase.end - phase.start, parts.within(phase.start, phase.end)
+        name = f"validation {i} (step {phase.step})" if phase.name == "validation" else "test"
+        rows.append((name, f"{seconds:.2f}", f"{100 * seconds / train_s:.1f}"))
         for *_, label in PARTS:  # in the order of PARTS: each part, then what it contains
             if label in inside:
-                part_s = inside[label]
-                print(f"  {label:<42} {part_s:>8.2f} {100 * part_s / train_s:>14.1f}")
-    print(f"{'evaluation in all (validations and test)':<44} {evaluation_s:>8.2f} {100 * evaluation_s / train_s:>14.1f}"
-          "   (target <= 15)")
+                nested = "- - " if label.startswith("  ") else "- "  # a part of the phase, or a part of that part
+                rows.append((nested + label.strip(), f"{inside[label]:.2f}", f"{100 * inside[label] / train_s:.1f}"))
+    rows.append(("evaluation in all (validations and test; target <= 15)", f"{evaluation_s:.2f}",
+                 f"{100 * evaluation_s / train_s:.1f}"))
     final = {k: round(float(v), 4) for k, v in metrics.items() if k in ("test/w2", "test/nll", "test/elbo")}
-    print(f"# final {final}")
+    with Report(report_path("evaluation_share")) as report:
+        report.line(f"{machine('cpu', gflops)}, before and after")
+        report.line(f"# python train.py {' '.join(['logger=csv', *overrides])}: {steps} steps, wall {wall:.1f} s")
+        report.line(f"# training steps move {train_moves:.3g} particle-steps; one validation's fresh chains "
+                    f"{chain_moves:.3g} (n_eval {chains.n_samples} x T_eval {chains.n_steps})"
+                    + (f", the gallery's posterior clouds {cloud_moves:.3g}" if gallery is not None else ""))
+        report.table(("part", "seconds", "% of training"), rows)
+        report.line(f"# final {final}")
 
 
 if __name__ == "__main__":

@@ -4,91 +4,69 @@ Both run the same algorithm with the same settings (docs/design.md section 1, th
 posterior particle per datum (T_z = 10), a batch of the pool moved by T_n = 50 MALA steps with re-initialisation
 rho, the loss mean E_pos - mean E_neg + alpha (mean E_pos^2 + mean E_neg^2), one backward, gradient clipping,
 Adam and the cosine schedule. The Lightning side is ``train.py``'s own path (``training.train`` with the run's
-callbacks and a CSV logger, validation and checkpoints off); the plain side is a hand-written loop over the same
-energy, particle store and Langevin kernel. Steps per second are timed over the same window of steps (after a
-warm-up), the two sides interleaved ``--repeats`` times, best of each, so a burst of load hits both alike. The
-dense-matmul rate is measured in the same run. Target: Lightning / plain >= 0.95 (overhead <= 5%).
+callbacks and a CSV logger, validation and checkpoints off; ``benchmarks.common.RunTimer`` stamps its steps); the
+plain side is a hand-written loop over the same energy, particle store and Langevin kernel. Steps per second are
+timed over the same window of steps (after a warm-up), the two sides interleaved ``--repeats`` times, best of
+each, so a burst of load hits both alike. The dense-matmul rate is measured in the same run. Target: Lightning /
+plain >= 0.95 (overhead <= 5%).
 
-    python benchmarks/framework_overhead.py [--steps 300] [--warmup 50] [--repeats 3]
+    python -m benchmarks.framework_overhead [--steps 300] [--warmup 50] [--repeats 3]
+
+The report goes to a new file in ``benchmarks/results/framework_overhead/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.speed import matmul_gflops  # noqa: E402
-from lvebm_lightning.config.compose import compose_config  # noqa: E402
-from lvebm_lightning.energies import MLPEnergy  # noqa: E402
-from lvebm_lightning.langevin import LangevinConfig, langevin  # noqa: E402
-from lvebm_lightning.particles import conditional_langevin  # noqa: E402
-from lvebm_lightning.particles.store import ParticleStore  # noqa: E402
-from lvebm_lightning.training.run import train  # noqa: E402
-from lvebm_lightning.training.schedule import warmup_cosine  # noqa: E402
-
-
-class StepTimer(pl.Callback):
-    """Writes to ``out`` (JSON) the steps per second from the start of step ``warmup`` to the end of the last step,
-    and the median time of a step split at the batch's end: batch start to batch end (``training_step``: the
-    chains, the loss, the backward, the optimizer, the guard, and the ``train/*`` scalars on the steps that log
-    them) and batch end to the next batch's start (Lightning's loop: its logging of those scalars, the fetch of the
-    next batch, the hooks), each for the steps Lightning writes logs on and for the others."""
-
-    def __init__(self, warmup: int, out: str) -> None:
-        self.warmup, self.out, self.start = warmup, Path(out), 0.0
-        self.steps: list[tuple[bool, float, float]] = []  # (logged, batch start, batch end)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
-        if trainer.global_step >= self.warmup:
-            self.steps.append((bool(trainer._logger_connector.should_update_logs), time.perf_counter(), 0.0))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.steps and self.steps[-1][2] == 0.0:
-            self.steps[-1] = (*self.steps[-1][:2], time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        end = time.perf_counter()
-        split: dict[str, list[float]] = {key: [] for key in SPLIT}
-        for (logged, start, stop), (_, next_start, _) in zip(self.steps, self.steps[1:]):
-            kind = "logged" if logged else "other"
-            split[f"Lightning step, {kind}"].append(next_start - start)
-            split[f"  batch start to batch end, {kind}"].append(stop - start)
-            split[f"  batch end to next batch start, {kind}"].append(next_start - stop)
-        medians = {key: statistics.median(v) if v else math.nan for key, v in split.items()}
-        rate = (trainer.global_step - self.warmup) / (end - self.start)
-        self.out.write_text(json.dumps({"rate": rate, "medians": medians}))
-
+from benchmarks.common import Report, RunTimer, Step, machine, matmul_gflops, report_path
+from lvebm_lightning.config.compose import compose_config
+from lvebm_lightning.energies import MLPEnergy
+from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.particles import conditional_langevin
+from lvebm_lightning.particles.store import ParticleStore
+from lvebm_lightning.training.run import train
+from lvebm_lightning.training.schedule import warmup_cosine
 
 SPLIT = tuple(f"{part}, {kind}" for kind in ("other", "logged") for part in (
     "Lightning step", "  batch start to batch end", "  batch end to next batch start"))
 
 
-def lightning_rate(steps: int, warmup: int) -> dict:
-    """Steps per second and the median split of a step (``StepTimer``) of ``train.py``'s own path."""
+def split_medians(steps: list[Step]) -> dict[str, float]:
+    """The median time of a step split at the batch's end: batch start to batch end (``training_step``: the chains,
+    the loss, the backward, the optimizer, the guard, and the ``train/*`` scalars on the steps that log them) and
+    batch end to the next batch's start (Lightning's loop: its logging of those scalars, the fetch of the next
+    batch, the hooks), each for the steps Lightning writes logs on and for the others."""
+    split: dict[str, list[float]] = {key: [] for key in SPLIT}
+    for step, following in zip(steps, steps[1:]):
+        kind = "logged" if step.logged else "other"
+        split[f"Lightning step, {kind}"].append(following.start - step.start)
+        split[f"  batch start to batch end, {kind}"].append(step.end - step.start)
+        split[f"  batch end to next batch start, {kind}"].append(following.start - step.end)
+    return {key: statistics.median(v) if v else math.nan for key, v in split.items()}
+
+
+def lightning_rate(steps: int, warmup: int) -> tuple[float, dict[str, float]]:
+    """Steps per second from the start of step ``warmup`` to the end of training, and the median split of a step
+    (``split_medians``), of ``train.py``'s own path."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config(Path(tmp) / "run", [
             f"trainer.max_steps={steps}", "trainer.val_check_interval=1000000", "test=false", "logger=csv",
             "~callbacks.gallery", "~callbacks.metrics", "~callbacks.best_checkpoint",
             "callbacks.model_checkpoint.every_n_train_steps=1000000", "+trainer.enable_progress_bar=false",
-            "+callbacks.timer._target_=benchmarks.framework_overhead.StepTimer", f"+callbacks.timer.warmup={warmup}",
-            f"+callbacks.timer.out={tmp}/rate.json",
+            "+callbacks.timer._target_=benchmarks.common.RunTimer", f"+callbacks.timer.warmup={warmup}",
         ])
+        RunTimer.runs.clear()
         train(cfg)
-        return json.loads((Path(tmp) / "rate.json").read_text())
+        (timer,) = RunTimer.runs
+        return len(timer.steps) / (timer.finished - timer.steps[0].start), split_medians(timer.steps)
 
 
 def default_compile() -> bool:
@@ -151,7 +129,7 @@ def plain_rate(steps: int, warmup: int, compiled: bool, seed: int = 0) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
@@ -165,26 +143,27 @@ def main() -> None:
         rate, median = plain_rate(args.steps, args.warmup, compiled)
         rates["plain"].append(rate)
         plain_medians.append(median)
-        run = lightning_rate(args.steps, args.warmup)
-        rates["lightning"].append(run["rate"])
-        lightning_medians.append(run["medians"])
+        rate, medians = lightning_rate(args.steps, args.warmup)
+        rates["lightning"].append(rate)
+        lightning_medians.append(medians)
     best = {k: max(v) for k, v in rates.items()}
-    print(f"# torch {torch.__version__}, threads={torch.get_num_threads()}, dense matmul "
-          f"{min(gflops):.0f}-{max(gflops):.0f} GFLOP/s (2048^2 float32, this run)")
-    print(f"# default experiment (double well, MLP 128 x 2, B = 256, T_z = 10, T_n = 50 MALA, sampler.compile="
-          f"{compiled} on both sides), steps {args.warmup}..{args.steps}, best of {args.repeats} interleaved runs")
-    print(f"{'loop':<10} {'steps/s (best)':>15} {'all runs':>28}")
-    for key in ("plain", "lightning"):
-        print(f"{key:<10} {best[key]:>15.2f} {', '.join(f'{r:.2f}' for r in rates[key]):>28}")
-    print(f"lightning / plain = {best['lightning'] / best['plain']:.3f} (target >= 0.95)")
     # Where Lightning's extra time goes: median times of the run with the best rate on each side.
     plain_ms = 1e3 * plain_medians[rates["plain"].index(best["plain"])]
     medians = lightning_medians[rates["lightning"].index(best["lightning"])]
-    every = trainer_log_every()
-    print(f"\nmedian step time, ms (each loop's best run; Lightning writes the train/* scalars every {every}th step)")
-    print(f"{'plain loop, step':<48} {plain_ms:>8.2f}")
-    for key in SPLIT:
-        print(f"{key:<48} {1e3 * medians[key]:>8.2f}")
+    with Report(report_path("framework_overhead")) as report:
+        report.line(machine("cpu", gflops))
+        report.line(f"# default experiment (double well, MLP 128 x 2, B = 256, T_z = 10, T_n = 50 MALA, "
+                    f"sampler.compile={compiled} on both sides), steps {args.warmup}..{args.steps}, best of "
+                    f"{args.repeats} interleaved runs")
+        report.table(("loop", "steps/s (best)", "all runs"),
+                     [(key, f"{best[key]:.2f}", ", ".join(f"{r:.2f}" for r in rates[key]))
+                      for key in ("plain", "lightning")])
+        report.line(f"lightning / plain = {best['lightning'] / best['plain']:.3f} (target >= 0.95)")
+        report.line()
+        report.line(f"median step time, ms (each loop's best run; Lightning writes the train/* scalars every "
+                    f"{trainer_log_every()}th step)")
+        parts = [(f"- {key.strip()}" if key.startswith("  ") else key, f"{1e3 * medians[key]:.2f}") for key in SPLIT]
+        report.table(("part", "ms"), [("plain loop, step", f"{plain_ms:.2f}"), *parts])
 
 
 def trainer_log_every() -> int:

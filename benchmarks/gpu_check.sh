@@ -5,7 +5,7 @@
 #   OUT=gpu_out bash benchmarks/gpu_check.sh        # from the repository root, with the package importable
 #   DEVICE=cpu STEPS=20 bash benchmarks/gpu_check.sh  # a dry run of every stage on the CPU (no GPU needed)
 #
-# Everything lands in $OUT: one run folder per training, speed_gpu.txt (benchmarks/speed.py on the GPU) and
+# Everything lands in $OUT: one run folder per training, speed_gpu.md (python -m benchmarks.speed on the GPU) and
 # gpu_check.txt (the summary: final W2 / NLL per variant, resume, store and kernel agreement). Each stage has its
 # own timeout (590 s together at most), so one that hangs cannot take the rest with it; a failed stage is reported
 # and the next one runs. The speed table is written row by row, so a timeout keeps the rows measured so far.
@@ -67,7 +67,7 @@ EOF
 
 timeout 60 python - <<'EOF' 2>&1 | tee -a "$REPORT"
 import os, warnings, torch
-from lvebm_lightning.energies.base import MLPEnergy, on_pairs
+from lvebm_lightning.energies import MLPEnergy, on_pairs
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.training.sampling import cached_weights
 warnings.filterwarnings("error", message="lvebm: torch.compile")  # a fallback to eager fails the check
@@ -87,6 +87,6 @@ for sn in (False, True):
               f"acceptance {float(runs[False][1]):.4f} vs {float(runs[True][1]):.4f}")
 EOF
 
-timeout 120 python benchmarks/speed.py --device "$DEVICE" "${SPEED_ARGS[@]}" --out "$OUT/speed_gpu.txt" >"$OUT/speed_gpu.log" 2>&1 \
-  && say "speed table: $OUT/speed_gpu.txt" || say "speed: FAILED or timed out (see speed_gpu.log)"
-cat "$OUT/speed_gpu.txt" 2>/dev/null | tee -a "$REPORT"
+timeout 120 python -m benchmarks.speed --device "$DEVICE" "${SPEED_ARGS[@]}" --out "$OUT/speed_gpu.md" >"$OUT/speed_gpu.log" 2>&1 \
+  && say "speed table: $OUT/speed_gpu.md" || say "speed: FAILED or timed out (see speed_gpu.log)"
+cat "$OUT/speed_gpu.md" 2>/dev/null | tee -a "$REPORT"

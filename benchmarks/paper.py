@@ -1,8 +1,8 @@
 """The method's claims in one table: every method on every physical system, mean and spread over seeds.
 
-    python benchmarks/paper.py                          # the default size (budgets printed with the table)
-    python benchmarks/paper.py --quick                  # every path on small budgets, in minutes (a CI test)
-    python benchmarks/paper.py --datasets pendulum,phi4 --seeds 3 --out /tmp/paper sampler.negative.n_steps=100
+    python -m benchmarks.paper                          # the default size (budgets printed with the table)
+    python -m benchmarks.paper --quick                  # every path on small budgets, in minutes (a CI test)
+    python -m benchmarks.paper --datasets pendulum,phi4 --seeds 3 sampler.negative.n_steps=100
 
 Methods, all through the same training loop (``train(cfg)`` on ``conf/train.yaml``) with the same budget:
 ``persistent`` (the method), ``short_run`` (fresh conditional chains every batch), ``amortised`` (a Gaussian
@@ -32,8 +32,10 @@ included; ``--quick`` runs them eagerly). The scores (``paper_scores``), all on 
                     a k-NN regression from observed to hidden coordinates fitted on the training data
     train s         wall time of the training steps alone
 
-Runs are sequential in this process. Results go to ``--out``: ``table.md`` (the tables), ``rows.json`` (every
-run's numbers; ``rows.partial.json`` while it runs, so that an interrupted run keeps what it finished) and
+Runs are sequential in this process. Results go to ``benchmarks/results/paper/`` for the default run, to its
+git-ignored ``quick/`` for a quick or partial one (``--quick``, a subset, other seeds or steps, overrides: never
+over the default run's results), or to ``--out``: ``table.md`` (the tables), ``rows.json`` (every run's numbers;
+``rows.partial.json`` while it runs, so that an interrupted run keeps what it finished) and
 ``gallery_<dataset>.png``.
 """
 
@@ -43,7 +45,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -53,18 +54,15 @@ from typing import Any
 import hydra
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmark this checkout, not another installed copy
-import paper_scores as scores  # noqa: E402
-from baselines import TIMERS  # noqa: E402
-from flow import fit_flow, flow_nll, flow_sample  # noqa: E402
-from paper_report import gallery, tables  # noqa: E402
-
-from lvebm_lightning.config.compose import compose_config  # noqa: E402
-from lvebm_lightning.inference import load, sample  # noqa: E402
-from lvebm_lightning.metrics.evaluation import sample_distances  # noqa: E402
-from lvebm_lightning.training.divergence import TrainingDiverged  # noqa: E402
-from lvebm_lightning.training.run import train  # noqa: E402
+from benchmarks import paper_scores as scores
+from benchmarks.common import MATMUL_N, Report, RunTimer, matmul_gflops, results_dir
+from benchmarks.flow import fit_flow, flow_nll, flow_sample
+from benchmarks.paper_report import gallery, tables
+from lvebm_lightning.config.compose import compose_config
+from lvebm_lightning.inference import load, sample
+from lvebm_lightning.metrics.evaluation import sample_distances
+from lvebm_lightning.training.divergence import TrainingDiverged
+from lvebm_lightning.training.run import train
 
 
 @dataclass(frozen=True)
@@ -126,21 +124,34 @@ QUICK = Budget(
 )
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: every path in a few minutes")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of the datasets")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     parser.add_argument("--seeds", type=int, default=0, help="seeds per dataset (0: each dataset's own)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per EBM run (0: the budget's)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "paper"), help="output folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: benchmarks/results/paper/, its quick/ for a partial run)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every EBM run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name, chosen, valid in (("dataset", args.datasets, DATASETS), ("method", args.methods, METHODS)):
         unknown = [v for v in chosen.split(",") if v not in valid]
         if unknown:
             parser.error(f"unknown {name}(s) {unknown}; choose from {list(valid)}")
     return args
+
+
+def is_partial(args: argparse.Namespace) -> bool:
+    """Whether a run differs from the default run: quick budgets, a subset, other seeds or steps, or overrides."""
+    subset = args.datasets != ",".join(DATASETS) or args.methods != ",".join(METHODS)
+    return args.quick or subset or bool(args.seeds or args.steps or args.overrides)
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--out``, else ``benchmarks/results/paper/`` for the default run and its ``quick/`` for any other, so that
+    only a default run replaces the default run's table, rows and galleries."""
+    return args.out or results_dir("paper", quick=is_partial(args))
 
 
 def run_overrides(dataset: str, method: str, seed: int, budget: Budget, extra: list[str]) -> list[str]:
@@ -150,7 +161,7 @@ def run_overrides(dataset: str, method: str, seed: int, budget: Budget, extra: l
         f"data={dataset}", *spec.overrides, f"model.dz={spec.dz}", *METHODS[method],
         *(spec.no_latent if method == "no_latent" else ()), f"seed={seed}", "logger=csv", "test=true",
         "~callbacks.gallery", "~callbacks.best_checkpoint", "+trainer.limit_val_batches=0",
-        "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=baselines.TrainTimer",
+        "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=benchmarks.common.RunTimer",
         f"trainer.max_steps={budget.steps}", f"trainer.val_check_interval={budget.steps}",
         f"callbacks.model_checkpoint.every_n_train_steps={budget.steps}",
         f"sampler.long_chains.n_steps={budget.chain_steps}", f"sampler.long_chains.n_samples={budget.n_samples}",
@@ -162,13 +173,14 @@ def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[st
     """Train one EBM and score it; the row of the table."""
     spec = DATASETS[dataset]
     overrides = run_overrides(dataset, method, seed, budget, extra)
-    TIMERS.clear()
+    RunTimer.runs.clear()
     start = time.perf_counter()
     try:
         metrics = train(compose_config(out, overrides))
     except TrainingDiverged as err:
-        return {"status": f"diverged: {str(err)[:120]}", "train_s": TIMERS[0].seconds if TIMERS else math.nan}
-    row: dict[str, Any] = {"status": "ok", "train_s": TIMERS[0].seconds}
+        train_s = RunTimer.runs[0].busy_s if RunTimer.runs else math.nan
+        return {"status": f"diverged: {str(err)[:120]}", "train_s": train_s}
+    row: dict[str, Any] = {"status": "ok", "train_s": RunTimer.runs[0].busy_s}
     row.update({k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")})
     model = load(out / "checkpoints" / "last.ckpt")
     data = model.run_data()
@@ -217,23 +229,25 @@ def main() -> None:
     if args.steps:
         budget = replace(budget, steps=args.steps)
     os.environ.setdefault("WANDB_MODE", "disabled")
-    out = Path(args.out)
+    out = output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # the runs' checkpoints: scored, then deleted
-        rows, refs, elapsed = run_all(args, budget, Path(tmp))
-    header = budget_header(budget, args.datasets.split(","), args.overrides, elapsed)
-    text = header + "\n\n" + tables(rows, refs)
-    (out / "table.md").write_text(text + "\n")
+        rows, refs, elapsed = run_all(args, budget, Path(tmp), out)
+    with Report(out / "table.md") as report:
+        report.line(budget_header(budget, args.datasets.split(","), args.overrides, elapsed))
+        report.line()
+        report.line(tables(rows, refs))
     for row in rows:
         row.pop("samples", None)
     (out / "rows.json").write_text(json.dumps({"budget": asdict(budget), "rows": rows, "references": refs}, indent=1))
     (out / "rows.partial.json").unlink(missing_ok=True)
-    print(text)
 
 
-def run_all(args: argparse.Namespace, budget: Budget, runs: Path) -> tuple[list[dict], dict[str, dict], float]:
-    """Every (dataset, seed, method) run in turn; the rows, the per-dataset references and the wall time."""
-    out = Path(args.out)
+def run_all(
+    args: argparse.Namespace, budget: Budget, runs: Path, out: Path,
+) -> tuple[list[dict], dict[str, dict], float]:
+    """Every (dataset, seed, method) run in turn (checkpoints under ``runs``, the partial rows and the galleries
+    in ``out``); the rows, the per-dataset references and the wall time."""
     datasets, methods = args.datasets.split(","), args.methods.split(",")
     rows: list[dict[str, Any]] = []
     refs: dict[str, dict[str, Any]] = {}
@@ -265,24 +279,16 @@ def run_all(args: argparse.Namespace, budget: Budget, runs: Path) -> tuple[list[
 
 def budget_header(budget: Budget, datasets: list[str], overrides: list[str], elapsed: float) -> str:
     seeds = ", ".join(f"{d} {budget.seeds or DATASETS[d].seeds}" for d in datasets)
-    rate = matmul_gflops()
+    rate = matmul_gflops("cpu")
     return (
         f"Budgets: {budget.steps} optimizer steps per EBM run, flow {budget.flow_steps} steps; long chains "
         f"T = {budget.chain_steps} with {budget.n_samples} samples; {budget.n_probe} test data probed "
         f"(K = {budget.n_particles} chains, S = {budget.elbo_samples}); fitted encoder <= {budget.encoder_steps} steps "
         f"on {budget.encoder_data} data; {budget.n_recon} reconstructions x {budget.recon_samples} samples.  \n"
         f"Seeds: {seeds}. Overrides: {' '.join([*budget.data, *overrides]) or 'none'}.  \n"
-        f"Total wall time {elapsed / 60:.1f} min on {os.cpu_count()} CPU cores (dense matmul {rate:.0f} GFLOP/s)."
+        f"Total wall time {elapsed / 60:.1f} min on {os.cpu_count()} CPU cores (dense matmul {rate:.0f} GFLOP/s, "
+        f"{MATMUL_N}^2 float32, at the end of this run)."
     )
-
-
-def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 if __name__ == "__main__":

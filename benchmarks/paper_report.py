@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib
 import torch
 
+from benchmarks.common import markdown_table
 from lvebm_lightning.data.systems import magnetisation
 
 matplotlib.use("Agg")
@@ -55,40 +56,37 @@ def groups(rows: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, An
     return [(d, m, rs) for (d, m), rs in seen.items()]
 
 
+DENSITY = ("dataset", "method", "seeds", "ok", "train s", "W2/floor", "sliced W2", "NLL gap", "FE spread (kT)",
+           "observable")
+LATENTS = ("dataset", "method", "ELBO gain vs fitted encoder", "gain, chains from N(0, I)", "test ELBO",
+           "R² posterior mean", "R² encoder mean", "recon RMSE", "recon ES", "recon 90% coverage")
+
+
 def tables(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> str:
     """Two Markdown tables: the density and physics of the samples, and what the latents carry."""
-    density = [
-        "| dataset | method | seeds | ok | train s | W2/floor | sliced W2 | NLL gap | FE spread (kT) | observable |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    latents = [
-        "| dataset | method | ELBO gain vs fitted encoder | gain, chains from N(0, I) | test ELBO | R² posterior mean "
-        "| R² encoder mean | recon RMSE | recon ES | recon 90% coverage |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    density, latents = [], []
     for dataset, method, rs in groups(rows):
         ok = [r for r in rs if r.get("status") == "ok"]
-        density.append(
-            f"| {dataset} | {method} | {len(rs)} | {len(ok)} | {cell(rs, 'train_s', '.0f')} "
-            f"| {cell(ok, 'w2_ratio', '.2f')} | {cell(ok, 'sliced_w2', '.3g')} | {cell(ok, 'nll_gap', '.3f')} "
-            f"| {cell(ok, 'fe_spread', '.3f')} | {observable(ok, dataset)} |"
-        )
+        density.append((
+            dataset, method, len(rs), len(ok), cell(rs, "train_s", ".0f"), cell(ok, "w2_ratio", ".2f"),
+            cell(ok, "sliced_w2", ".3g"), cell(ok, "nll_gap", ".3f"), cell(ok, "fe_spread", ".3f"),
+            observable(ok, dataset),
+        ))
         if method != "flow":
-            latents.append(
-                f"| {dataset} | {method} | {cell(ok, 'elbo_gain', '.3f', 'elbo_gain_se')} "
-                f"| {cell(ok, 'elbo_gain_prior', '.3f', 'elbo_gain_prior_se')} | {cell(ok, 'elbo', '.3f')} "
-                f"| {cell(ok, 'r2_posterior', '.3f')} | {cell(ok, 'r2_encoder', '.3f')} "
-                f"| {cell(ok, 'recon_rmse', '.3f')} | {cell(ok, 'recon_es', '.3f')} "
-                f"| {cell(ok, 'recon_cov90', '.2f')} |"
-            )
+            latents.append((
+                dataset, method, cell(ok, "elbo_gain", ".3f", "elbo_gain_se"),
+                cell(ok, "elbo_gain_prior", ".3f", "elbo_gain_prior_se"), cell(ok, "elbo", ".3f"),
+                cell(ok, "r2_posterior", ".3f"), cell(ok, "r2_encoder", ".3f"), cell(ok, "recon_rmse", ".3f"),
+                cell(ok, "recon_es", ".3f"), cell(ok, "recon_cov90", ".2f"),
+            ))
     for dataset, ref in refs.items():
         if "r2_pca" in ref or "recon_rmse" in ref:
-            latents.append(
-                f"| {dataset} | pca / knn (reference) | {NA} | {NA} | {NA} | {cell([ref], 'r2_pca', '.3f')} | {NA} "
-                f"| {cell([ref], 'recon_rmse', '.3f')} | {cell([ref], 'recon_es', '.3f')} "
-                f"| {cell([ref], 'recon_cov90', '.2f')} |"
-            )
-    return "\n".join(["### Samples, density and physics", "", *density, "", "### Latents", "", *latents])
+            latents.append((
+                dataset, "pca / knn (reference)", NA, NA, NA, cell([ref], "r2_pca", ".3f"), NA,
+                cell([ref], "recon_rmse", ".3f"), cell([ref], "recon_es", ".3f"), cell([ref], "recon_cov90", ".2f"),
+            ))
+    return "\n".join(["### Samples, density and physics", "", markdown_table(DENSITY, density), "", "### Latents", "",
+                      markdown_table(LATENTS, latents)])
 
 
 def gallery(dataset: str, data: Any, rows: list[dict[str, Any]], path: Path) -> None:

@@ -1,6 +1,6 @@
 """Quality benchmark: train the default experiment and report how close the *last-step* model is to the truth.
 
-    python benchmarks/quality.py [--datasets double_well mueller_brown] [--seeds 0 1 2] [--out DIR] [overrides...]
+    python -m benchmarks.quality [--datasets double_well mueller_brown] [--seeds 0 1 2] [--out DIR] [-- overrides...]
 
 For each dataset and seed this runs ``train(cfg)`` on the dataset's experiment, ``conf/experiment/<dataset>.yaml``
 (the defaults of ``conf/`` on that dataset, composed with Hydra as ``train.py experiment=<dataset>`` composes it,
@@ -17,98 +17,48 @@ trainer tests the module as it stands after the last step, never ``best.ckpt``):
   training throughput in steps per second.
 
 Targets (on a quiet 2-core CPU, 10 minutes per dataset): W2 (chains) <= 1.5 x floor, NLL gap <= 0.10 nats.
-Timings depend on the machine's load: the load average at start and end is printed with the table.
+Timings depend on the machine's load: the load average at start and end and the dense-matmul rate before and
+after are printed with the table. The report goes to a new file in ``benchmarks/results/quality/``.
 Extra arguments are Hydra overrides applied to every run, e.g. ``trainer.max_steps=2000``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("WANDB_SILENT", "true")
-
-import lightning.pytorch as pl  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from benchmarks.common import ROOT, Report, RunTimer, machine, markdown_table, matmul_gflops, report_path
 
 TARGET_W2_RATIO = 1.5
 TARGET_NLL_GAP = 0.10
 
 
-class PhaseTimer(pl.Callback):
-    """Wall time of training steps, in-training validation and the test evaluation, written to ``path``."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        self.times = {"fit": 0.0, "validation": 0.0, "test": 0.0}
-        self.steps = 0
-        self._start: dict[str, float] = {}
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start["fit"] = time.perf_counter()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.times["fit"] = time.perf_counter() - self._start["fit"]
-        self.steps = trainer.global_step
-        self._write()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start["validation"] = time.perf_counter()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.times["validation"] += time.perf_counter() - self._start["validation"]
-
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start["test"] = time.perf_counter()
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.times["test"] = time.perf_counter() - self._start["test"]
-        self._write()
-
-    def _write(self) -> None:
-        self.path.write_text(json.dumps({**self.times, "steps": self.steps}))
-
-
-def compose_config(output_dir: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides`` and the phase timer, its run directory set to ``output_dir``."""
-    from lvebm_lightning.config.compose import compose_config as compose_train
-
-    cfg = compose_train(output_dir, overrides)
-    with open_dict(cfg):
-        timings = str(output_dir / "timings.json")
-        cfg.callbacks.phase_timer = {"_target_": "benchmarks.quality.PhaseTimer", "path": timings}
-    return cfg
-
-
 def run_one(dataset: str, seed: int, out: Path, overrides: list[str]) -> dict[str, Any]:
     """Train the default experiment on ``dataset`` with ``seed``; the test metrics of the last-step model."""
+    from lvebm_lightning.config.compose import compose_config
     from lvebm_lightning.training.run import train
 
-    run_dir = out / f"{dataset}_seed{seed}"
-    cfg = compose_config(
-        run_dir,
-        [f"experiment={dataset}", f"seed={seed}", "logger=csv", *overrides],
-    )
+    cfg = compose_config(out / f"{dataset}_seed{seed}", [
+        f"experiment={dataset}", f"seed={seed}", "logger=csv", "+callbacks.timer._target_=benchmarks.common.RunTimer",
+        *overrides,
+    ])
+    RunTimer.runs.clear()
     start = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - start
-    timings = json.loads((run_dir / "timings.json").read_text())
+    (timer,) = RunTimer.runs
     row = {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")}
-    train_s = timings["fit"] - timings["validation"]
+    validation_s = timer.phase_s("validation")
+    train_s = timer.phase_s("fit") - validation_s
     row.update(
-        dataset=dataset, seed=seed, steps=timings["steps"], wall_s=wall, train_s=train_s,
-        val_s=timings["validation"], test_s=timings["test"], steps_per_s=timings["steps"] / max(train_s, 1e-9),
+        dataset=dataset, seed=seed, steps=timer.global_step, wall_s=wall, train_s=train_s, val_s=validation_s,
+        test_s=timer.phase_s("test"), steps_per_s=timer.global_step / max(train_s, 1e-9),
         w2_2x_ratio=row.get("w2_2x", math.nan) / row["w2_floor"],
         w2_pool_ratio=row.get("w2_pool", math.nan) / row["w2_floor"],
         nll_gap=row.get("nll_gap", math.nan),
@@ -147,27 +97,25 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     """One row per run, then per dataset (several seeds) the mean and the spread (max - min) of each number."""
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k, math.nan), f) for k, _, f in COLUMNS) + " |")
+    cells = [[_cell(row.get(k, math.nan), f) for k, _, f in COLUMNS] for row in rows]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         group = [r for r in rows if r["dataset"] == dataset]
         if len(group) < 2:
             continue
-        cells = []
+        summary = []
         for key, _, fmt in COLUMNS:
             if key == "dataset":
-                cells.append(f"**{dataset}**")
+                summary.append(f"**{dataset}**")
             elif key == "seed":
-                cells.append(f"mean (spread) of {len(group)}")
+                summary.append(f"mean (spread) of {len(group)}")
             else:
                 values = [float(r.get(key, math.nan)) for r in group]
                 mean = statistics.fmean(values)
-                cells.append(f"{_cell(mean, fmt)} ({_cell(max(values) - min(values), fmt.replace('+', ''))})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                summary.append(f"{_cell(mean, fmt)} ({_cell(max(values) - min(values), fmt.replace('+', ''))})")
+        cells.append(summary)
+    return markdown_table([h for _, h, _ in COLUMNS], cells)
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -193,27 +141,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="run directories (default: a temporary folder)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. trainer.max_steps=2000")
     args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
     out = args.out or Path(tempfile.mkdtemp(prefix="lvebm_quality_"))
     out.mkdir(parents=True, exist_ok=True)
 
-    import torch
-
     load_start = os.getloadavg()
+    gflops = [matmul_gflops("cpu")]
     rows = []
     for dataset in args.datasets:
         for seed in args.seeds:
             rows.append(run_one(dataset, seed, out, args.overrides))
             print(verdict(rows[-1:]), flush=True)
+    gflops.append(matmul_gflops("cpu"))
     load_end = os.getloadavg()
-    print()
-    print(markdown_table(rows))
-    print()
-    print(verdict(rows))
-    print(
-        f"\ntorch threads: {torch.get_num_threads()}; load average (1 min) at start {load_start[0]:.2f}, at end "
-        f"{load_end[0]:.2f} on {os.cpu_count()} cores; overrides: {' '.join(args.overrides) or 'none'}; "
-        f"runs in {out}"
-    )
+    with Report(report_path("quality")) as report:
+        report.line(f"{machine('cpu', gflops)}, before and after")
+        report.line(f"# load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f}; overrides: "
+                    f"{' '.join(args.overrides) or 'none'}; runs in {out}")
+        report.line()
+        report.line(table(rows))
+        report.line()
+        report.line(verdict(rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Soak test of crash safety: train while killing and resuming ``python train.py`` at random moments.
 
-    python benchmarks/soak.py --duration 300 --max-steps 600 --every 20 [--seed 0] [-- extra overrides ...]
+    python -m benchmarks.soak --duration 300 --max-steps 600 --every 20 [--seed 0] [-- extra overrides ...]
 
 First an uninterrupted reference run; then the same run in another folder, launched again and again with
 ``ckpt_path=<folder>/checkpoints/last.ckpt``, each launch stopped after a random delay by one of
@@ -14,7 +14,8 @@ until ``--duration`` seconds have passed; the last launch then runs to ``--max-s
 ``last.ckpt`` must load with ``torch.load(weights_only=True)``. A heartbeat callback records the last finished
 optimizer step, so the steps lost by a kill are (heartbeat step) - (last.ckpt's step): at most the checkpoint
 interval for SIGKILL and zero for SIGTERM. At the end the soaked run's parameters, particles, pool, generators,
-optimizer, scheduler and data order are compared bit for bit with the reference run's (CPU, one process).
+optimizer, scheduler and data order are compared bit for bit with the reference run's (CPU, one process). The
+report goes to a new file in ``benchmarks/results/soak/``; the exit status is 0 only when every check holds.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.helpers.checkpoints import differences, training_state  # noqa: E402  (needs the path above)
+from benchmarks.common import ROOT, Report, machine, matmul_gflops, report_path
+from tests.helpers.checkpoints import differences, training_state
 
 KINDS = ("SIGKILL at random", "SIGKILL mid-write", "SIGTERM")
 
@@ -178,22 +178,24 @@ def main() -> None:
     diffs = differences(training_state(last), training_state(reference))
     leftovers = list(last.parent.glob(".*.tmp"))
 
-    print(f"soak: {soak_s:.0f} s, {seen.launches} launches, max_steps {args.max_steps}, checkpoint every "
-          f"{args.every} steps, pool {args.pool_size}, work folder {work}")
-    print(f"{'stop':<20}{'kills':>7}{'survived':>10}{'lost mean':>11}{'lost max':>10}{'limit':>7}{'max/limit':>11}")
+    rows = []
     for kind in KINDS:
         lost = seen.lost[kind]
         limit = 0 if kind == "SIGTERM" else args.every
         ratio = f"{max(lost) / limit:.2f}" if lost and limit else "-"
         mean = f"{sum(lost) / len(lost):.1f}" if lost else "-"
-        print(f"{kind:<20}{seen.kills[kind]:>7}{len(lost):>10}{mean:>11}{max(lost, default=0):>10}{limit:>7}"
-              f"{ratio:>11}")
-    print(f"leftover temporary files at the end: {len(leftovers)}")
-    print(f"wall time: reference {reference_s:.0f} s, soaked {soak_s:.0f} s (x{soak_s / reference_s:.2f}); "
-          f"start-up {startup:.1f} s a launch")
+        rows.append((kind, seen.kills[kind], len(lost), mean, max(lost, default=0), limit, ratio))
     same = "yes" if not diffs else f"NO ({', '.join(diffs[:5])})"
-    print(f"final parameters, particles, pool, generators, optimizer, scheduler, data order equal the uninterrupted "
-          f"run's bit for bit: {same}")
+    with Report(report_path("soak")) as report:
+        report.line(machine("cpu", [matmul_gflops("cpu")]))
+        report.line(f"# soak: {soak_s:.0f} s, {seen.launches} launches, max_steps {args.max_steps}, checkpoint every "
+                    f"{args.every} steps, pool {args.pool_size}, seed {args.seed}, work folder {work}")
+        report.table(("stop", "kills", "survived", "lost mean", "lost max", "limit", "max/limit"), rows)
+        report.line(f"leftover temporary files at the end: {len(leftovers)}")
+        report.line(f"wall time: reference {reference_s:.0f} s, soaked {soak_s:.0f} s (x{soak_s / reference_s:.2f}); "
+                    f"start-up {startup:.1f} s a launch")
+        report.line(f"final parameters, particles, pool, generators, optimizer, scheduler, data order equal the "
+                    f"uninterrupted run's bit for bit: {same}")
     survived = all(len(seen.lost[k]) == seen.kills[k] for k in KINDS)
     bounded = all(max(seen.lost[k], default=0) <= (0 if k == "SIGTERM" else args.every) for k in KINDS)
     sys.exit(0 if survived and bounded and not diffs and not leftovers else 1)

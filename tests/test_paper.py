@@ -1,9 +1,10 @@
-"""``benchmarks/paper.py --quick``: every method on every dataset through every score, on tiny budgets.
+"""``python -m benchmarks.paper --quick``: every method on every dataset through every score, on tiny budgets.
 
 The numbers of a 40-step run mean nothing; what is checked is that each score the table promises for a
 (dataset, method) exists and is finite, that the table has no missing or NaN cell where a score applies, and that
 every dataset has its gallery. The metrics themselves are tested against analytic answers elsewhere
-(test_reconstruction, test_fitted_encoder, test_physical_metrics, test_metrics_*).
+(test_reconstruction, test_fitted_encoder, test_physical_metrics, test_metrics_*). A quick or partial run must
+write beside the default run's committed results, never over them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from benchmarks import paper
+from benchmarks.common import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ["double_well", "mueller_brown", "oscillator", "lorenz63", "pendulum", "phi4", "linear_gaussian"]
@@ -48,8 +53,8 @@ def expected_keys(dataset: str, method: str) -> list[str]:
 def test_quick_paper_table_fills_every_cell(tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "paper.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=1500,
+        [sys.executable, "-m", "benchmarks.paper", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=1500, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "rows.json").read_text())
@@ -69,3 +74,27 @@ def test_quick_paper_table_fills_every_cell(tmp_path: Path) -> None:
     table = (tmp_path / "table.md").read_text()
     assert "nan" not in table and "finite)" not in table
     assert all((tmp_path / f"gallery_{d}.png").stat().st_size > 10_000 for d in DATASETS)
+
+
+PARTIAL_RUNS = [["--quick"], ["--datasets", "pendulum"], ["--methods", "persistent,flow"], ["--seeds", "2"],
+                ["--steps", "100"], ["sampler.negative.n_steps=100"]]
+
+
+@pytest.mark.parametrize("argv", PARTIAL_RUNS, ids=lambda argv: " ".join(argv))
+def test_quick_and_partial_runs_write_beside_the_full_results(argv: list[str]) -> None:
+    full = paper.output_dir(paper.parse_args([]))
+    assert full == RESULTS / "paper"
+    out = paper.output_dir(paper.parse_args(argv))
+    assert out == RESULTS / "paper" / "quick"
+    # Every file a run writes lies directly in its folder: none of the quick run's can be one of the full run's.
+    written = ["table.md", "rows.json", "rows.partial.json", *(f"gallery_{d}.png" for d in DATASETS)]
+    assert not {out / name for name in written} & {full / name for name in written}
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_quick_results_are_ignored_by_git_and_full_results_are_not() -> None:
+    quick = paper.output_dir(paper.parse_args(["--quick"])) / "table.md"
+    full = paper.output_dir(paper.parse_args([])) / "table.md"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(quick)], cwd=ROOT).returncode
+    kept = subprocess.run(["git", "check-ignore", "-q", str(full)], cwd=ROOT).returncode
+    assert (ignored, kept) == (0, 1)
