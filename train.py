@@ -2,7 +2,9 @@
 
 Exit status: 0 done (or the checkpoint to resume from had already reached ``trainer.max_steps``: one line says
 so); 1 training diverged (the last good checkpoint is kept); 2 bad input (config, data file or checkpoint),
-reported in one line before anything is written; 143 stopped by SIGTERM after saving last.ckpt.
+reported in one line before anything is written; 3 another rank of a DDP run was lost (killed, crashed or
+silent): one line names it, the last good checkpoint and the command that resumes (``training.ranks``); 143
+stopped by SIGTERM after saving last.ckpt.
 
 A plain run (no ``--flags``, no multirun) is composed, checked and prepared (data read, model, callbacks and a
 trial trainer built: ``lvebm_lightning.training.run.prepare``) before Hydra creates the run directory, and torch and
@@ -37,7 +39,7 @@ def check_multirun(cfg: DictConfig) -> None:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return
     devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
-    several = not (isinstance(devices, int) and devices == 1) or "ddp" in strategy
+    several = not (isinstance(devices, int) and devices == 1) or "ddp" in strategy.lower()
     if several or int(cfg.trainer.get("num_nodes", 1) or 1) > 1:
         raise ConfigError(
             f"Hydra multirun (-m) cannot launch DDP (trainer.devices={devices}, trainer.strategy={strategy}); "

@@ -73,3 +73,24 @@ def test_a_pool_resumed_under_another_number_of_ranks_starts_a_fresh_order():
     resumed = materialised(64, rank=1, world_size=2, state=first.state_dict())
     assert resumed.cursor == 0 and resumed.order.numel() == 0
     assert sorted(i for _ in range(4) for i in resumed.draw(BATCH)[0].tolist()) == list(range(32))
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.05, 0.3, 1.0])
+def test_a_fraction_rho_of_each_drawn_batch_is_re_initialised_from_the_init_law(rho):
+    """Each drawn row is replaced by a fresh N(0, s^2 I) draw with probability rho, independently: over n rows the
+    count of replaced rows is Binomial(n, rho) (5 sd allowed), and the replaced rows' variance is s^2 (chi-square:
+    5 sd of s^2 sqrt(2 / (3 n_replaced)) over the 3 coordinates)."""
+    scale, draws = 1.7, 400
+    pool = NegativePool(pool_size=64, reinit_prob=rho, init_scale=scale)
+    pool.materialise(SimpleNamespace(negative_batch_size=BATCH, device=torch.device("cpu"), dx=2, dz=1, seed=0), 0, 1)
+    replaced = []
+    for _ in range(draws):
+        idx, xz = pool.draw(BATCH)
+        fresh = (xz != pool.pool[idx]).all(dim=-1)  # a fresh draw equals the old row in no coordinate
+        replaced.append(xz[fresh])
+        pool.write(idx, xz)
+    rows = torch.cat(replaced)
+    n = draws * BATCH
+    assert abs(rows.shape[0] - rho * n) <= 5 * (n * rho * (1 - rho)) ** 0.5
+    if rows.shape[0] > 100:
+        assert abs(float(rows.var()) / scale**2 - 1) < 5 * (2 / rows.numel()) ** 0.5

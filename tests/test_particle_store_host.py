@@ -38,6 +38,8 @@ def test_sampler_config_reaches_every_kernel(make_cfg):
     assert model.posterior.config.kernel == "mala" and model.negative_config.kernel == "ula"
     assert model.long_chain_config().kernel == "ula"  # evaluation follows the negative kernel's Metropolis setting
     assert model.hparams.posterior["store_device"] == "cpu"
+    model.posterior.setup(model.n_data, model.dz, 0, 1, torch.device("cpu"), torch.Generator())
+    assert model.posterior.store.compute_device == torch.device("cpu")  # kept on the host, delivered to the device
     smoke = build_model(make_cfg(run="smoke"), instantiate(cfg.data).prepare())  # debug=fast: eager chains
     assert not smoke.negative_config.compile and smoke.negative_config.kernel == "mala"
 

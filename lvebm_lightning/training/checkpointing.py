@@ -35,6 +35,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lvebm_lightning.distributed import distributed
 from lvebm_lightning.training.upgrade import upgrade
 
+WRITING = threading.Lock()
+"""Held while a checkpoint is written: a process that stops on purpose (``training.ranks``) waits for it."""
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Torch checkpoint IO that writes to a temporary file, fsyncs it and renames it into place.
@@ -44,7 +47,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
+        with WRITING:
+            self._write(checkpoint, Path(path))
+
+    @staticmethod
+    def _write(checkpoint: dict[str, Any], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(".*.ckpt.*.tmp"):
             with contextlib.suppress(FileNotFoundError):

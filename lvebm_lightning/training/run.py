@@ -32,7 +32,7 @@ from lvebm_lightning.config import schema
 from lvebm_lightning.config.validation import ConfigError, expected_world_size, validate
 from lvebm_lightning.data.datamodule import LVEBMDataModule
 from lvebm_lightning.data.files import DataFileError
-from lvebm_lightning.training import quiet, tracking
+from lvebm_lightning.training import quiet, ranks, tracking
 from lvebm_lightning.training.checkpointing import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -165,7 +165,10 @@ def prepare(cfg: DictConfig) -> Prepared:
                 f"{cfg.ckpt_path} is already at step {step} of trainer.max_steps={max_steps}: nothing to train; "
                 f"to train on, raise trainer.max_steps (e.g. trainer.max_steps={2 * step})."
             )
-    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), *progress_bar(cfg), CheckpointGuard()]
+    # RankWatch before CheckpointGuard: a stop the ranks agree on disarms the watch before the guard saves.
+    callbacks = [
+        *instantiate_callbacks(cfg.get("callbacks")), *progress_bar(cfg), ranks.RankWatch(), CheckpointGuard()
+    ]
     with config_node("trainer"), quiet.lightning():  # a trial trainer: devices, strategy, precision, ...
         hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()])
     return Prepared(ckpt, datamodule, model, callbacks)
@@ -204,7 +207,8 @@ def _run(cfg: DictConfig, prepared: Prepared) -> dict[str, Any]:
     if ckpt is not None:
         log.info(f"Resuming {cfg.ckpt_path} at step {int(ckpt.get('global_step', 0))}")
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        with ranks.losses_reported(trainer):  # a rank lost under DDP: one line, exit 3 (training.ranks)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except TrainingDiverged as err:
         last = guard.last_checkpoint_path(trainer)
         kept = f"The last good checkpoint is kept: {last}." if last.is_file() else "No checkpoint was written yet."
@@ -218,8 +222,10 @@ def _run(cfg: DictConfig, prepared: Prepared) -> dict[str, Any]:
         raise ConfigError(" ".join(str(err).split())) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
-        trainer.test(model, datamodule=datamodule, verbose=False)
+        with ranks.losses_reported(trainer):
+            trainer.test(model, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    ranks.disarm()  # the last collective is behind: a peer that exits now has finished, not been lost
     if trainer.is_global_zero:
         _summarise(trainer, metrics, cfg.paths.output_dir)
     return metrics

@@ -7,11 +7,11 @@ import lightning.pytorch as pl
 
 class CrashAtStep(pl.Callback):
     """Raise ``RuntimeError("simulated crash ...")`` at the end of optimizer step ``step`` (after the callbacks
-    listed before it, e.g. the checkpoint callbacks, have run for that step)."""
+    listed before it, e.g. the checkpoint callbacks, have run for that step), on rank ``rank`` only if given."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step >= self.step:
+        if trainer.global_step >= self.step and self.rank in (None, trainer.global_rank):
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -135,3 +136,16 @@ class StopAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
         else:
             trainer.should_stop = True
+
+
+class SavedSteps(pl.Callback):
+    """At the start of each batch, the step of last.ckpt as the previous batches left it (None: not written)."""
+
+    seen: list[int | None] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        SavedSteps.seen = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        SavedSteps.seen.append(torch.load(last, weights_only=True)["global_step"] if last.is_file() else None)
