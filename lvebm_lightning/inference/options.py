@@ -6,8 +6,15 @@ from __future__ import annotations
 SPLITS = ("val", "test")
 """The run's own held-out splits, accepted wherever data are asked for."""
 
-STARTS = ("prior", "neighbours")
-"""Where conditional chains start: N(0, I), or the persistent particles of the nearest training data."""
+STARTS = ("neighbours", "prior")
+"""Where conditional chains start: the training data nearest in the observed coordinates (their missing
+coordinates and stored particles), or N(0, I)."""
+
+INFER_START = "neighbours"
+"""``lvebm-infer``'s default start (measured: benchmarks/chain_starts.py)."""
+
+CHECKS = (*STARTS, "none")
+"""Where the second set of chains, whose agreement with the first is checked, starts (``none``: no check)."""
 
 
 def missing_data(data: str) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor
@@ -38,6 +39,18 @@ class SetAgreement(NamedTuple):
     t: Tensor
     threshold: Tensor
     disagree: Tensor
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-datum diagnostic as NumPy arrays, under the names the commands write."""
+        return {"between_set_t": self.t.cpu().numpy(), "t_threshold": self.threshold.cpu().numpy(),
+                "disagree": self.disagree.cpu().numpy()}
+
+
+def summary(disagree: np.ndarray) -> str:
+    """One line: the share of data ``[B]`` whose start sets disagree."""
+    n, bad = int(disagree.size), int(disagree.sum())
+    return (f"chains from the two start sets disagree on {bad} of {n} data ({100.0 * bad / max(n, 1):.1f}%: "
+            "between_set_t > t_threshold)")
 
 
 def set_agreement(

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+
 class ChainStarts(NamedTuple):
     """Starting points of S chains per datum: x ``[B, S, dx]`` (x_o in the observed coordinates), z ``[B, S, dz]``."""
 
@@ -64,11 +65,13 @@ def nearest_rows(
 
 
 def prior_starts(x_obs: Tensor, missing: Tensor, dz: int, n: int, generator: torch.Generator | None) -> ChainStarts:
-    """x_m and z from N(0, I) for n chains per datum (one draw ``[B, n, dx + dz]``; the observed slots are then
-    overwritten by x_o)."""
+    """x_m and z from N(0, I) for n chains per datum: one draw ``[B, n, dx + dz]`` whose observed slots are then
+    overwritten by x_o, or, with nothing missing (posterior inference), one draw of z ``[B, n, dz]`` alone."""
     b, dx = x_obs.shape
-    y = torch.randn(b, n, dx + dz, generator=generator, device=x_obs.device, dtype=x_obs.dtype)
-    return ChainStarts(torch.where(missing.unsqueeze(1), y[..., :dx], x_obs.unsqueeze(1)), y[..., dx:])
+    drawn = dx if bool(missing.any()) else 0
+    y = torch.randn(b, n, drawn + dz, generator=generator, device=x_obs.device, dtype=x_obs.dtype)
+    x = x_obs.unsqueeze(1).expand(b, n, dx)
+    return ChainStarts(torch.where(missing.unsqueeze(1), y[..., :drawn], x) if drawn else x, y[..., drawn:])
 
 
 def neighbour_starts(
