@@ -9,7 +9,8 @@ an evaluation by wrapping the functions that do them:
 
 - the model's fresh long chains (``model_samples``: n_eval chains of T_eval steps from N(0, I), docs/design.md
   section 5), the quadrature of log Z, the exact W2 distances (model, pool and floor, ``sample_distances``), the
-  ELBO of the posterior particles, and the gallery (its posterior clouds' conditional chains, and the figures).
+  ELBO of the posterior particles, the reconstruction of held-out data (``callbacks.reconstruction``, where dx >= 4)
+  and the gallery (its posterior clouds' conditional chains, and the figures).
 
 The first validation also compiles the evaluation chains' graphs (the default ``sampler.compile=true``), so each
 validation is listed on its own. The issue's target: evaluation (validations and test) at most 10% of the
@@ -42,6 +43,7 @@ PARTS = (
     ("callbacks.metrics", "EvaluationMetrics", "_end", "W2, ELBO, observables (epoch end)"),
     ("callbacks.metrics", None, "sample_distances", "  exact W2 (model, pool, floor)"),
     ("callbacks.metrics", "EvaluationMetrics", "_elbo", "  ELBO"),
+    ("callbacks.reconstruction", "ReconstructionMetrics", "_score", "conditional generation (dx >= 4)"),
     ("callbacks.gallery", "Gallery", "_draw", "gallery"),
     ("callbacks.gallery", "Gallery", "_posterior", "  posterior clouds (conditional chains)"),
 )

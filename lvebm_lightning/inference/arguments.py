@@ -30,9 +30,12 @@ def arg(default: Any, help: str, bound: str | None = None) -> Any:
 
 POSITIVE, NON_NEGATIVE = "positive", "non_negative"
 RUN_STREAM = "null: the run's evaluation stream at the checkpoint's step"
-START = ("where the chains start: neighbours (the training data nearest in the observed coordinates: {what}, z from "
-         "their persistent particles; without a store z from the amortised encoder at that point, else N(0, I)) or "
-         "prior (N(0, I))")
+INFER_STARTS = ("where the chains start: neighbours (the persistent particles of the training data nearest to each "
+                "point; without a store, the amortised encoder's draws, else N(0, I)) or prior (N(0, I))")
+RECONSTRUCT_STARTS = ("where the chains start: neighbours (the training data nearest in the observed coordinates: x_m "
+                      "from their own values, z from their persistent particles; without a store, z from the amortised "
+                      "encoder at that completed point, else N(0, I); a model without latents: x_m alone) or prior "
+                      "(N(0, I))")
 CHECK = ("where a second set of as many chains starts, whose agreement with the first is checked per datum "
          "(neighbours: the next nearest; prior: N(0, I); none: no check); the output holds between_set_t, "
          "t_threshold and disagree, and the last line the share of data that disagree")
@@ -72,7 +75,7 @@ class InferArgs:
         None, "Langevin step size (null: the run's sampler.posterior.step_size)", POSITIVE
     )
     seed: int | None = arg(None, f"seed of the chains ({RUN_STREAM})")
-    start: str = arg(INFER_START, START.format(what="all coordinates observed"))
+    start: str = arg(INFER_START, INFER_STARTS)
     check: str = arg("prior", CHECK + " (needs out=<name>.npz)")
     device: str = arg("auto", "cpu, cuda, cuda:1, or auto (cuda when available)")
 
@@ -91,7 +94,7 @@ class ReconstructArgs:
     )
     step_size: float | None = arg(None, "Langevin step size (null: the run's sampler.long_chains step size)", POSITIVE)
     seed: int | None = arg(None, f"seed of the chains ({RUN_STREAM})")
-    start: str = arg("neighbours", START.format(what="x_m from their own values"))
+    start: str = arg("neighbours", RECONSTRUCT_STARTS)
     check: str = arg("prior", CHECK)
     device: str = arg("auto", "cpu, cuda, cuda:1, or auto (cuda when available)")
 
