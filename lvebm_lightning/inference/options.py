@@ -11,7 +11,9 @@ STARTS = ("neighbours", "prior")
 coordinates and stored particles), or N(0, I)."""
 
 INFER_START = "neighbours"
-"""``lvebm-infer``'s default start (measured: benchmarks/chain_starts.py)."""
+"""``lvebm-infer``'s default start. Measured (``benchmarks/chain_starts.py``, results/chain_starts/): on a decoder
+model of 1000 pendulum trajectories, 16 chains of 500 steps per datum from the store's neighbours reached a particle
+ELBO 90 +- 7 nats per held-out datum above that of chains from N(0, I), higher on 92% of the data."""
 
 CHECKS = (*STARTS, "none")
 """Where the second set of chains, whose agreement with the first is checked, starts (``none``: no check)."""
