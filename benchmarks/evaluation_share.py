@@ -9,9 +9,10 @@ an evaluation by wrapping the functions that do them:
 
 - the model's fresh long chains (``model_samples``: n_eval chains of T_eval steps from N(0, I), docs/design.md
   section 5), the quadrature of log Z, the exact W2 distances (model and pool, ``sample_distances``), the W2
-  floor's pairs (once per split, ``floor_distances``), the ELBO of the posterior particles, and the gallery (its
-  posterior clouds' conditional chains, and the figures). A test at the step of the last validation reuses that
-  validation's chains, quadrature and ELBO, so they show no time there.
+  floor's pairs (once per split, ``floor_distances``), the ELBO of the posterior particles, the reconstruction of
+  held-out data (``callbacks.reconstruction``, where dx >= 4) and the gallery (its posterior clouds' conditional
+  chains, and the figures). A test at the step of the last validation reuses that validation's chains, quadrature
+  and ELBO, so they show no time there.
 
 The first validation also compiles the evaluation chains' graphs (the default ``sampler.compile=true``), so each
 validation is listed on its own. The target: evaluation (validations and test) at most 15% of the training
@@ -43,6 +44,7 @@ PARTS = (
     ("callbacks.metrics", None, "sample_distances", "  exact W2 (model, pool)"),
     ("callbacks.metrics", None, "floor_distances", "  W2 floor (its pairs, once per split)"),
     ("callbacks.metrics", "EvaluationMetrics", "_elbo", "  ELBO"),
+    ("callbacks.reconstruction", "ReconstructionMetrics", "_score", "conditional generation (dx >= 4)"),
     ("callbacks.gallery", "Gallery", "_draw", "gallery"),
     ("callbacks.gallery", "Gallery", "_posterior", "  posterior clouds (conditional chains)"),
 )

@@ -108,7 +108,7 @@ def latent_scores(model: LoadedModel, data: Any, budget: Any, seed: int) -> dict
     """Posterior of the test data by K fresh chains: the particle ELBO against the fitted encoder's (``elbo_gaps``;
     mean, its standard error and the median over test data), and the k-NN probe of the hidden truth. A model of the
     persistent method starts its chains from the stored particles of the nearest training data (its store
-    amortises inference, ``inference.neighbour_start``), every other from N(0, I); the method's gain from N(0, I)
+    amortises inference, ``particles.starts``), every other from N(0, I); the method's gain from N(0, I)
     is reported beside (``elbo_gain_prior``)."""
     module, out = model.module, {}
     x = data.raw["test"][: budget.n_probe]

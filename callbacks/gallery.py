@@ -1,11 +1,15 @@
-"""Sample galleries: model samples over data, the learned landscape of x, posterior clouds z | x.
+"""Sample galleries: model samples over data, the learned landscape of x, posterior clouds z | x, reconstructions.
 
 Drawn on rank 0 after each validation, and after the final test unless a validation at the same step drew them
 already, from the samples the metrics callback gathered from every rank (``EvaluationMetrics.latest``), so that
 even a run shorter than the validation interval has its galleries; saved as PNG under ``<run dir>/galleries/``
 (``<figure>_step<N>.png``, and ``test_<figure>_step<N>.png`` for the test) and logged to W&B as images
 (``gallery/<figure>``, ``gallery/test_<figure>``). Everything is shown in the data's own units, on axes x_1, x_2
-(the first two coordinates of x when dx > 2); every title names the step.
+(the first two coordinates of x when dx > 2); every title names the step. Where the reconstruction callback ran
+(``ReconstructionMetrics``: dx >= 4 or a mask configured), ``reconstruction`` shows a few held-out rows: for
+vector data (trajectories) curves over the coordinate index of the observed part, the truth and sampled missing
+parts; for lattice data (a square field, ``side`` of the system or the energy) images of the observed field, the
+true one and sampled fields with the hidden block filled in.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.reconstruction import ReconstructionMetrics
 from lvebm_lightning.metrics import log_marginal
 
 matplotlib.use("Agg")
@@ -72,6 +77,7 @@ class Gallery(pl.Callback):
             "samples": self._samples(latest, when),
             "landscape": self._landscape(pl_module, latest, when),
             "posterior": self._posterior(trainer, pl_module, when),
+            "reconstruction": self._reconstruction(trainer, pl_module, when),
         }
         paths = []
         for name, fig in figures.items():
@@ -168,3 +174,49 @@ class Gallery(pl.Callback):
             ax.set_title("x = (" + ", ".join(f"{float(v):.2f}" for v in xi[:3]) + ")", fontsize=8)
         fig.suptitle(f"posterior particles z | x ({when})")
         return fig
+
+    def _reconstruction(self, trainer: pl.Trainer, pl_module: Any, when: str) -> Any:
+        """A few held-out rows with their hidden coordinates sampled (kept by ``ReconstructionMetrics``)."""
+        kept = next((c.gallery for c in trainer.callbacks if isinstance(c, ReconstructionMetrics) and c.gallery), None)
+        if kept is None:
+            return None
+        side = getattr(getattr(trainer.datamodule, "system", None), "side", None)
+        side = side or getattr(pl_module.energy, "side", None)
+        truth, samples, hidden = kept["truth"], kept["samples"], kept["hidden"]
+        if side:
+            return _lattice_reconstruction(truth, samples, hidden, side, when)
+        fig, axes = plt.subplots(1, len(truth), figsize=(3.6 * len(truth), 3.2), squeeze=False, layout="constrained")
+        index = torch.arange(1, truth.shape[1] + 1)
+        for ax, true, drawn in zip(axes[0], truth, samples):
+            for k, sample in enumerate(drawn[:8]):
+                label = "samples" if k == 0 else None
+                ax.plot(index[hidden], sample[hidden], color="C1", lw=0.8, alpha=0.5, label=label)
+            ax.plot(index, true, color="0.6", lw=0.8)
+            ax.plot(index[~hidden], true[~hidden], "o", color="k", ms=3, label="observed")
+            ax.plot(index[hidden], true[hidden], "o", mfc="none", color="k", ms=4, label="truth (hidden)")
+            ax.set_xlabel("coordinate")
+        axes[0, 0].legend(fontsize=7)
+        fig.suptitle(f"reconstruction of the hidden coordinates, held-out data ({when})")
+        return fig
+
+
+def _lattice_reconstruction(truth: torch.Tensor, samples: torch.Tensor, hidden: torch.Tensor, side: int,
+                            when: str) -> Any:
+    """Rows of images: the observed field (hidden block blank), the true field, three sampled fields."""
+    n_drawn = min(3, samples.shape[1])
+    colours = matplotlib.colormaps["RdBu_r"].copy()
+    colours.set_bad("0.75")  # the hidden block of the observed field
+    fig, axes = plt.subplots(len(truth), 2 + n_drawn, figsize=(2.2 * (2 + n_drawn), 2.2 * len(truth)),
+                             squeeze=False, layout="constrained")
+    for row, true, drawn in zip(axes, truth, samples):
+        observed = torch.where(hidden, torch.tensor(float("nan")), true)
+        fields = [("observed", observed), ("truth", true)]
+        fields += [(f"sample {k + 1}", drawn[k]) for k in range(n_drawn)]
+        limit = float(true.abs().max())
+        for ax, (title, field) in zip(row, fields):
+            ax.imshow(field.view(side, side).numpy(), cmap=colours, vmin=-limit, vmax=limit)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"reconstruction of the hidden block, held-out data ({when})")
+    return fig

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from lvebm_lightning.inference import InferenceError, draws, evaluate, infer, load, reconstruct, sample
+from lvebm_lightning.inference import InferenceError, draws, evaluate, infer, infer_checked, load, reconstruct, sample
 from lvebm_lightning.inference.commands import eval_main, infer_main, reconstruct_main, sample_main
+from lvebm_lightning.metrics.mixing import LEVEL
 from lvebm_lightning.training.run import train
 from tests.conftest import compose_config
 from tests.helpers.commands import run_command
@@ -116,7 +117,7 @@ def test_neighbour_start_begins_each_chain_at_the_persistent_particles_of_the_ne
     nearest = torch.cdist(train_std[:6], train_std).topk(k, largest=False).indices  # brute force
     assert torch.equal(nearest[:, 0], torch.arange(6))  # a training datum is its own nearest
     assert np.array_equal(z, model.particles[nearest, 0].numpy())  # K' = 1 particle per training datum
-    prior = infer(model, x, n_particles=k, n_steps=0, seed=0)
+    prior = infer(model, x, n_particles=k, n_steps=0, seed=0, start="prior")
     assert not np.array_equal(prior, z)
     # The chains then move from there: T steps change the particles.
     moved = infer(model, x, n_particles=k, n_steps=5, seed=0, start="neighbours")
@@ -131,16 +132,36 @@ def test_neighbour_starts_follow_their_data_across_chunks(ckpt, monkeypatch):
     assert np.array_equal(infer(model, x, n_particles=3, n_steps=0, seed=0, start="neighbours"), whole)
 
 
-def test_neighbour_start_needs_a_persistent_store_and_a_known_start(ckpt):
+def test_starts_and_checks_are_refused_or_fall_back_to_the_best_start_a_checkpoint_has(ckpt):
     model = load(ckpt)
-    with pytest.raises(InferenceError, match="start must be one of prior, neighbours"):
+    with pytest.raises(InferenceError, match="start must be one of neighbours, prior"):
         infer(model, "test", n_particles=2, n_steps=0, start="nearest")
     n_stored = model.particles.shape[0] * model.particles.shape[1]
-    with pytest.raises(InferenceError, match=f"the store holds {n_stored} particles in all"):
+    with pytest.raises(InferenceError, match=f"start at {n_stored + 1} of the {n_stored} particles in the store"):
         infer(model, "test", n_particles=n_stored + 1, n_steps=0, start="neighbours")
-    model.particles = None  # what a short-run or amortised checkpoint holds
-    with pytest.raises(InferenceError, match="holds no persistent posterior particles"):
-        infer(model, "test", n_particles=2, n_steps=0, start="neighbours")
+    with pytest.raises(InferenceError, match="check must be one of neighbours, prior, none, got 'both'"):
+        infer_checked(model, "test", 2, n_steps=0, check="both")
+    with pytest.raises(InferenceError, match="a set needs 2 to have a spread"):
+        infer_checked(model, "test", 1, n_steps=0)
+    model.particles = None  # what a short-run checkpoint holds: no store, no encoder, so z starts from N(0, I)
+    np.testing.assert_array_equal(infer(model, "test", 2, n_steps=0, seed=0, start="neighbours"),
+                                  infer(model, "test", 2, n_steps=0, seed=0, start="prior"))
+
+
+def test_infer_checked_compares_two_start_sets_per_datum(ckpt, gaussian_ckpt):
+    """The first set starts where ``infer`` starts; on the Gaussian checkpoint, whose posterior N(0, I / GAMMA)
+    the chains reach in 200 steps from anywhere (eight relaxation times 1 / GAMMA), the store's set and the
+    prior's agree: at most LEVEL + 5 binomial standard errors of the data are flagged."""
+    model = load(ckpt)
+    x = model.run_data().raw["val"][:20]
+    still = infer_checked(model, x, 8, n_steps=0, seed=0, check="prior")
+    assert still["between_set_t"].shape == still["t_threshold"].shape == still["disagree"].shape == (20,)
+    np.testing.assert_array_equal(still["z"], infer(model, x, 8, n_steps=0, seed=0))
+    assert np.array_equal(still["disagree"], still["between_set_t"] > still["t_threshold"])
+    n = 100
+    points = model.run_data().raw["val"][:n]
+    mixed = infer_checked(gaussian_ckpt, points, 32, n_steps=200, step_size=0.01, seed=0, check="prior")
+    assert mixed["disagree"].mean() <= LEVEL + 5 * math.sqrt(LEVEL * (1 - LEVEL) / n), mixed["disagree"].mean()
 
 
 def test_evaluate_reproduces_the_metrics_logged_in_training(run_dir, ckpt):
@@ -218,7 +239,7 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
         assert saved["z"].shape == (7, 5, 1)
         np.testing.assert_array_equal(saved["x"], np.load(points))
     code, _, _ = run_command(infer_main, [f"ckpt={ckpt}", f"data={points}", "n_particles=5", "n_steps=0",
-                                          "start=neighbours", f"out={tmp_path / 'nb.npy'}"], capsys)
+                                          "start=neighbours", "check=none", f"out={tmp_path / 'nb.npy'}"], capsys)
     assert code == 0
     np.testing.assert_array_equal(
         np.load(tmp_path / "nb.npy"), infer(ckpt, np.load(points), 5, n_steps=0, start="neighbours")
@@ -245,7 +266,19 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
          "three.npy has 3 columns but the model was trained on dx=2"),
         (infer_main, ["ckpt={ckpt}", "data={tmp}/missing.npy", "out={tmp}/p.npz"], "missing.npy is neither a split"),
         (infer_main, ["ckpt={ckpt}", "data=val", "start=nearest", "out={tmp}/p.npz"],
-         "start must be prior or neighbours, got 'nearest'"),
+         "start must be neighbours or prior, got 'nearest'"),
+        (infer_main, ["ckpt={ckpt}", "data=val", "check=both", "out={tmp}/p.npz"],
+         "check must be neighbours, prior or none, got 'both'"),
+        (infer_main, ["ckpt={ckpt}", "data=val", "out={tmp}/p.npy"], "holds z only, not the per-datum check"),
+        (infer_main, ["ckpt={ckpt}", "data=val", "n_particles=1", "out={tmp}/p.npz"], "a set needs 2 to have a spread"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "start=store", "out={tmp}/r.npz"],
+         "start must be neighbours or prior, got 'store'"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "check=both", "out={tmp}/r.npz"],
+         "check must be neighbours, prior or none, got 'both'"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "n_samples=1", "out={tmp}/r.npz"],
+         "a set needs 2 to have a spread"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "n_samples=600", "out={tmp}/r.npz"],
+         "start at 600 of the 512 particles in the store"),
         (eval_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/e.json"], "has 3 columns"),
         (eval_main, ["ckpt={tmp}", "data=val", "out={tmp}/e.json"], "is a folder; pass the .ckpt file"),
         (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/full.npy", "out={tmp}/r.npz"], "has no NaN entries"),
@@ -259,6 +292,7 @@ def test_commands_refuse_bad_input_with_one_line(main, args, message, ckpt, tmp_
     np.save(tmp_path / "three.npy", np.zeros((10, 3), dtype=np.float32))
     np.save(tmp_path / "full.npy", np.zeros((4, 2)))
     np.save(tmp_path / "empty_row.npy", np.array([[0.0, np.nan], [np.nan, np.nan]]))
+    np.save(tmp_path / "partial.npy", np.array([[0.0, np.nan], [np.nan, 1.0]]))
     (tmp_path / "notes.json").write_text("{}")
     code, out, err = run_command(main, [a.format(ckpt=ckpt, tmp=tmp_path) for a in args], capsys)
     assert code == 2
@@ -301,7 +335,7 @@ def test_reconstruct_samples_the_exact_conditional_of_the_gaussian_checkpoint(ga
     mean, std = model.module.data_mean.double(), model.module.data_std.double()
     x = np.array([[np.nan, 1.0], [0.5, np.nan], [np.nan, -2.0]])
     s = 3000
-    out = reconstruct(model, x, s, seed=0)
+    out = reconstruct(model, x, s, seed=0, start="prior", check="none")
     assert out["samples"].shape == (3, s, 2) and out["z"].shape == (3, s, 1)
     assert np.array_equal(out["missing"], np.isnan(x))
     assert np.array_equal(out["samples"][~np.isnan(x)[:, None, :].repeat(s, 1)], np.repeat(x[~np.isnan(x)], s))
@@ -316,3 +350,22 @@ def test_reconstruct_samples_the_exact_conditional_of_the_gaussian_checkpoint(ga
     assert code == 0 and "to " + str(tmp_path / "recon.npz") in printed
     with np.load(tmp_path / "recon.npz") as saved:
         assert saved["samples"].shape == (3, 8, 2) and saved["mean"].shape == (3, 2)
+        assert saved["between_set_t"].shape == saved["disagree"].shape == (3,)
+        bad = int(saved["disagree"].sum())
+    assert printed.strip().splitlines()[-1].startswith(f"chains from the two start sets disagree on {bad} of 3 data")
+
+
+def test_reconstruct_starts_at_the_training_data_nearest_in_the_observed_coordinates(ckpt):
+    """start=neighbours with no steps: chain s of a datum holds the missing coordinate of its s-th nearest
+    training datum, nearest by the observed coordinate alone (standardised), and the observed one unchanged."""
+    model = load(ckpt)
+    train = model.run_data().raw["train"].double()
+    x = np.array([[0.3, np.nan], [np.nan, -0.4]])
+    out = reconstruct(model, x, 4, n_steps=0, seed=0, check="none")
+    std = model.module.data_std.double()
+    for b, (seen, hidden) in enumerate(((0, 1), (1, 0))):
+        distance = ((train[:, seen] - float(x[b, seen])) / std[seen]).abs()
+        nearest = distance.topk(4, largest=False).indices
+        np.testing.assert_allclose(out["samples"][b, :, hidden], train[nearest, hidden].numpy(), rtol=1e-5)
+        assert np.all(out["samples"][b, :, seen] == np.float32(x[b, seen]))
+        np.testing.assert_array_equal(out["z"][b], model.particles[nearest, 0].numpy())

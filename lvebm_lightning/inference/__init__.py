@@ -8,6 +8,7 @@ of ``lvebm_lightning.inference.commands`` call the same functions)::
     x = sample(model, 10_000)                        # [n, dx]: the model's own p(x), fresh long chains
     x, z = sample(model, 10_000, pairs=True)         # and their latents [n, dz]
     z = infer(model, x_new, n_particles=64)          # [B, K, dz]: posterior particles z ~ p(z | x_b)
+    post = infer_checked(model, x_new)               # and whether chains from two start sets agree, per datum
     metrics = evaluate(model, "test.npy")            # W2 (and floor), exact NLL (dx + dz <= 3), ELBO
     out = reconstruct(model, x_partial)              # NaN entries sampled given the rest: out["samples"] [B, S, dx]
 
@@ -28,8 +29,9 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "evaluate": "evaluation", "infer": "draws", "sample": "draws", "InferenceError": "checkpoint",
-    "LoadedModel": "checkpoint", "load": "checkpoint", "load_data": "checkpoint", "reconstruct": "reconstruction",
+    "evaluate": "evaluation", "infer": "draws", "infer_checked": "draws", "sample": "draws",
+    "InferenceError": "checkpoint", "LoadedModel": "checkpoint", "load": "checkpoint", "load_data": "checkpoint",
+    "reconstruct": "reconstruction",
 }
 __all__ = sorted(_HOMES)
 

@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ValidationError
 
+from lvebm_lightning.inference.options import INFER_START
+
 
 class UsageError(ValueError):
     """A command line that cannot be run (unknown or missing argument, bad value, unusable output path)."""
@@ -28,6 +30,15 @@ def arg(default: Any, help: str, bound: str | None = None) -> Any:
 
 POSITIVE, NON_NEGATIVE = "positive", "non_negative"
 RUN_STREAM = "null: the run's evaluation stream at the checkpoint's step"
+INFER_STARTS = ("where the chains start: neighbours (the persistent particles of the training data nearest to each "
+                "point; without a store, the amortised encoder's draws, else N(0, I)) or prior (N(0, I))")
+RECONSTRUCT_STARTS = ("where the chains start: neighbours (the training data nearest in the observed coordinates: x_m "
+                      "from their own values, z from their persistent particles; without a store, z from the amortised "
+                      "encoder at that completed point, else N(0, I); a model without latents: x_m alone) or prior "
+                      "(N(0, I))")
+CHECK = ("where a second set of as many chains starts, whose agreement with the first is checked per datum "
+         "(neighbours: the next nearest; prior: N(0, I); none: no check); the output holds between_set_t, "
+         "t_threshold and disagree, and the last line the share of data that disagree")
 
 
 
@@ -64,10 +75,8 @@ class InferArgs:
         None, "Langevin step size (null: the run's sampler.posterior.step_size)", POSITIVE
     )
     seed: int | None = arg(None, f"seed of the chains ({RUN_STREAM})")
-    start: str = arg(
-        "prior", "where the chains start: prior (N(0, I)) or neighbours (the persistent particles of the nearest "
-        "training data; persistent-method checkpoints)"
-    )
+    start: str = arg(INFER_START, INFER_STARTS)
+    check: str = arg("prior", CHECK + " (needs out=<name>.npz)")
     device: str = arg("auto", "cpu, cuda, cuda:1, or auto (cuda when available)")
 
 
@@ -77,13 +86,16 @@ class ReconstructArgs:
     data: str = arg(MISSING, "partial points: .npy, .npz or .csv [B, dx] in data units, NaN where unobserved")
     n_samples: int = arg(100, "S, samples of the missing coordinates per datum", POSITIVE)
     out: str | None = arg(
-        None, "output: .npz (samples [B, S, dx], mean [B, dx], z [B, S, dz], missing) (null: <run dir>/recon.npz)"
+        None, "output: .npz (samples [B, S, dx], mean [B, dx], z [B, S, dz], missing, and the check's arrays) "
+        "(null: <run dir>/recon.npz)"
     )
     n_steps: int | None = arg(
         None, "Langevin steps of the conditional chains (null: the run's sampler.long_chains.n_steps)", NON_NEGATIVE
     )
     step_size: float | None = arg(None, "Langevin step size (null: the run's sampler.long_chains step size)", POSITIVE)
     seed: int | None = arg(None, f"seed of the chains ({RUN_STREAM})")
+    start: str = arg("neighbours", RECONSTRUCT_STARTS)
+    check: str = arg("prior", CHECK)
     device: str = arg("auto", "cpu, cuda, cuda:1, or auto (cuda when available)")
 
 

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from lvebm_lightning.data.files import load_array
 from lvebm_lightning.errors import is_positive_number
-from lvebm_lightning.inference.options import SPLITS, missing_data
+from lvebm_lightning.inference.options import CHECKS, SPLITS, STARTS, missing_data
+from lvebm_lightning.particles.starts import ChainStarts, neighbour_starts, prior_starts
 from lvebm_lightning.seeding import STREAM_DRAWS, make_generator
 from lvebm_lightning.training.checkpointing import read_checkpoint
 from lvebm_lightning.training.module import LVEBMModule
@@ -62,6 +63,60 @@ class LoadedModel:
         """The evaluation stream of rank 0 at the checkpoint's step (the validation callback's), or of ``seed``."""
         base = self.module.seed if seed is None else seed
         return make_generator(self.module.device, base, 0, STREAM_DRAWS, self.step, *keys)
+
+    def chain_starts(
+        self, start: str, x_std: Tensor, missing: Tensor, n: int, generator: torch.Generator, skip: int = 0
+    ) -> ChainStarts:
+        """Starting points of n chains per datum (``particles.starts``) from what this checkpoint holds.
+
+        ``start="neighbours"``: the training data nearest to the standardised ``x_std`` ``[B, dx]`` in its observed
+        coordinates (``missing`` ``[B, dx]`` True where unobserved), the run's training split rebuilt from the
+        config: x_m from them, z from their persistent particles, else from the amortised encoder, else N(0, I).
+        ``start="prior"``: N(0, I). ``skip``: a second set after the first ``skip`` neighbours' particles.
+        """
+        if start not in STARTS:
+            raise InferenceError(f"start must be one of {', '.join(STARTS)}, got {start!r}.")
+        if start == "prior":
+            return prior_starts(x_std, missing, self.dz, n, generator)
+        if not self.config or "data" not in self.config:
+            raise InferenceError(
+                f"{self.path} holds no training config, so its training data (where start=neighbours begins the "
+                "chains) cannot be rebuilt; use start=prior."
+            )
+        train = self.module.to_standard_units(self.run_data().raw["train"].to(x_std.device))
+        store = self.particles if self.dz > 0 else None
+        if store is not None and store.shape[0] != train.shape[0]:
+            raise InferenceError(
+                f"{self.path} holds particles of {store.shape[0]} training data but its config rebuilds "
+                f"{train.shape[0]}; the data behind the run changed, so use start=prior."
+            )
+        available = train.shape[0] * (1 if store is None else store.shape[1])
+        if skip + n > available:
+            what = "particles in the store" if store is not None else "training data"
+            raise InferenceError(
+                f"{skip + n} chains per datum start at {skip + n} of the {available} {what}; ask for at most "
+                f"{available - skip} chains per datum or use start=prior."
+            )
+        encoder = self.module.posterior if getattr(self.module.posterior, "trainable", False) else None
+        return neighbour_starts(x_std, missing, n, train, store, encoder, self.dz, generator, skip)
+
+    def start_sets(
+        self, start: str, check: str, x_std: Tensor, missing: Tensor, n: int, generator: torch.Generator
+    ) -> ChainStarts:
+        """n chains per datum from ``start`` and, unless ``check="none"``, n more from ``check`` (after the first
+        set's neighbours when both are ``neighbours``, so that the sets start apart): ``[B, n or 2n, ...]``."""
+        if check not in CHECKS:
+            raise InferenceError(f"check must be one of {', '.join(CHECKS)}, got {check!r}.")
+        if check != "none" and n < 2:
+            raise InferenceError(
+                f"check={check} compares two sets of {n} chain(s) per datum, and a set needs 2 to have a spread; "
+                "ask for at least 2 chains per datum or use check=none."
+            )
+        first = self.chain_starts(start, x_std, missing, n, generator)
+        if check == "none":
+            return first
+        second = self.chain_starts(check, x_std, missing, n, generator, skip=n if check == start else 0)
+        return ChainStarts(torch.cat([first.x, second.x], 1), torch.cat([first.z, second.z], 1))
 
 
 def resolve_device(device: str) -> torch.device:

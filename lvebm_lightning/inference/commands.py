@@ -34,7 +34,7 @@ from lvebm_lightning.inference.arguments import (
     parse,
     usage,
 )
-from lvebm_lightning.inference.options import SPLITS, STARTS, missing_data
+from lvebm_lightning.inference.options import CHECKS, SPLITS, STARTS, missing_data
 
 
 def _checkpoint(path: str) -> Path:
@@ -96,27 +96,42 @@ def _sample(a: SampleArgs) -> None:
     print(f"wrote {len(arrays['x'])} samples ({a.source}, step {model.step}; {shapes}, x in data units) to {out}")
 
 
+def _starts(start: str, check: str) -> None:
+    if start not in STARTS:
+        raise UsageError(f"start must be {' or '.join(STARTS)}, got {start!r}.")
+    if check not in CHECKS:
+        raise UsageError(f"check must be {', '.join(CHECKS[:-1])} or {CHECKS[-1]}, got {check!r}.")
+
+
 def _infer(a: InferArgs) -> None:
-    if a.start not in STARTS:
-        raise UsageError(f"start must be {' or '.join(STARTS)}, got {a.start!r}.")
+    _starts(a.start, a.check)
     ckpt = _checkpoint(a.ckpt)
     _data(a.data)
     out = _output(a.out, ckpt, "posterior.npz", (".npz", ".npy"), "posterior particles")
+    if a.check != "none" and out.suffix.lower() == ".npy":
+        raise UsageError(f"out={a.out} holds z only, not the per-datum check of check={a.check}; give "
+                         f"out={out.with_suffix('.npz')} or check=none.")
     import numpy as np
 
-    from lvebm_lightning.inference import infer, load, load_data
+    from lvebm_lightning.inference import infer_checked, load, load_data
+    from lvebm_lightning.metrics.mixing import summary
 
     model = load(ckpt, a.device)
     x = load_data(model, a.data)
-    z = infer(model, x, a.n_particles, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed, start=a.start)
+    result = infer_checked(model, x, a.n_particles, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed,
+                           start=a.start, check=a.check)
+    z = result["z"]
     if out.suffix.lower() == ".npz":
-        np.savez(out, x=x.numpy(), z=z)
+        np.savez(out, x=x.numpy(), **result)
     else:
         np.save(out, z)
     print(f"wrote posterior particles z {list(z.shape)} (data, particle, latent) for {a.data} to {out}")
+    if a.check != "none":
+        print(summary(result["disagree"]))
 
 
 def _reconstruct(a: ReconstructArgs) -> None:
+    _starts(a.start, a.check)
     ckpt = _checkpoint(a.ckpt)
     if not Path(a.data).expanduser().is_file():
         raise UsageError(f"data={a.data} is not a file; pass a .npy / .npz / .csv of points [B, dx] with NaN "
@@ -125,13 +140,16 @@ def _reconstruct(a: ReconstructArgs) -> None:
     import numpy as np
 
     from lvebm_lightning.inference.reconstruction import reconstruct
+    from lvebm_lightning.metrics.mixing import summary
 
     result = reconstruct(ckpt, a.data, a.n_samples, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed,
-                         device=a.device)
+                         start=a.start, check=a.check, device=a.device)
     np.savez(out, **result)
     b, s, dx = result["samples"].shape
     print(f"wrote {s} reconstructions of each of {b} data ({int(result['missing'].sum())} missing of {b * dx} "
-          f"coordinates; samples, mean, z, missing) to {out}")
+          f"coordinates; {', '.join(result)}) to {out}")
+    if a.check != "none":
+        print(summary(result["disagree"]))
 
 
 def _eval(a: EvalArgs) -> None:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from lvebm_lightning.inference.checkpoint import InferenceError, LoadedModel, check_positive, load, load_data
 from lvebm_lightning.inference.draws import infer
+from lvebm_lightning.inference.options import INFER_START
 from lvebm_lightning.metrics import ais_log_partition, elbo
 from lvebm_lightning.metrics.evaluation import (
     QUADRATURE_MAX_DIM,
@@ -74,7 +75,8 @@ def evaluate(
         seed: the random stream of the model samples, posterior chains and ELBO draws (default: the run's
             evaluation stream at the checkpoint's step, which reproduces training's numbers).
 
-    Besides ``elbo`` / ``iw_bound`` of the given data (fresh posterior particles), the result holds
+    Besides ``elbo`` / ``iw_bound`` of the given data (fresh posterior particles, their chains started as
+    ``infer`` starts them, or from N(0, I) when the training data cannot be rebuilt), the result holds
     ``train_elbo`` / ``train_iw_bound``: the bound that training logs as ``val/elbo`` and ``test/elbo``, which is
     computed on the persistent particles of the first ``n_elbo`` training data, not on the split evaluated
     (``elbo_note`` says so); with the default seed it reproduces the logged number (single-device runs).
@@ -136,9 +138,11 @@ def score(
             )
             log_z, out["log_z"], out["log_z_method"] = result.log_z, float(result.log_z), "ais"
         k = int(n_particles or module.posterior.n_particles)
+        start = INFER_START if train_x is not None else "prior"  # neighbours need the run's training data
         bounds = posterior_bounds(
             module, x_std, None, log_z, elbo_samples, lambda key: model.generator(seed, key),
-            lambda _, k_default: torch.from_numpy(infer(model, x, n_particles or k_default, seed=seed)).to(dev),
+            lambda _, k_default: torch.from_numpy(infer(model, x, n_particles or k_default, seed=seed, start=start))
+            .to(dev),
         )
         out.update({name: float((value - log_det.double()).mean()) for name, value in bounds.items()})
         out["elbo_particles"] = k

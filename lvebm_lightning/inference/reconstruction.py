@@ -9,6 +9,9 @@ to the shared Langevin kernel is U(y) = E(where(missing, y_x, x_o), y_z), a clos
 of y do not enter U, so they carry zero gradient; with the Metropolis correction their proposal is symmetric and
 cancels from the acceptance ratio, so MALA leaves p(x_m, z | x_o) exactly invariant. The posterior z | x is the
 special case with nothing missing. Everything here is in standardised units; ``reconstruct`` converts.
+
+Where the chains start decides more than how they move: ``reconstruct`` starts them at the training data nearest
+in the observed coordinates by default (``particles.starts``), and checks that a second set from N(0, I) agrees.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from lvebm_lightning.data.files import read_array
 from lvebm_lightning.energies.base import cached_weights
 from lvebm_lightning.inference.checkpoint import load
 from lvebm_lightning.langevin import LangevinConfig, langevin
+from lvebm_lightning.metrics.mixing import set_agreement
+from lvebm_lightning.particles.starts import ChainStarts, prior_starts
 
 
 def conditional_sample(
@@ -34,6 +39,7 @@ def conditional_sample(
     n_samples: int,
     config: LangevinConfig,
     generator: torch.Generator | None = None,
+    start: ChainStarts | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Samples of (x_m, z) | x_o for every datum, by Langevin on the joint energy with x_o held fixed.
 
@@ -42,9 +48,11 @@ def conditional_sample(
         x_obs: data ``[B, dx]``; entries where ``missing`` is True are ignored (they may be NaN).
         missing: ``[B, dx]`` bool, True for an unobserved coordinate.
         dz: latent dimension.
-        n_samples: S, chains per datum, started from N(0, I) in the missing coordinates and in z.
+        n_samples: S, chains per datum.
         config: the kernel (T, h, Metropolis).
         generator: source of the initial draws and of the Langevin noise.
+        start: where the S chains start (``particles.starts``: x ``[B, S, dx]``, z ``[B, S, dz]``); None: x_m and
+            z from N(0, I).
 
     Returns:
         x ``[B, S, dx]`` (observed coordinates equal to x_obs, missing ones sampled) and z ``[B, S, dz]``.
@@ -59,8 +67,8 @@ def conditional_sample(
     def conditional_energy(y: Tensor) -> Tensor:
         return energy(assemble(y), y[..., dx:])
 
-    y0 = torch.randn(b, n_samples, dx + dz, generator=generator, device=x_obs.device, dtype=x_obs.dtype)
-    y0 = torch.cat([assemble(y0), y0[..., dx:]], dim=-1)
+    start = start or prior_starts(observed[:, 0], missing, dz, n_samples, generator)
+    y0 = torch.cat([assemble(start.x.to(x_obs)), start.z.to(x_obs)], dim=-1)
     y, _ = langevin(conditional_energy, y0, config, generator)
     return assemble(y), y[..., dx:]
 
@@ -117,13 +125,21 @@ def reconstruct(
     n_steps: int | None = None,
     step_size: float | None = None,
     seed: int | None = None,
+    start: str = "neighbours",
+    check: str = "prior",
     device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Sample the NaN coordinates of ``data`` ``[B, dx]`` (data units) and z, given the observed coordinates.
 
     The chains use the evaluation kernel of the run (T_eval steps of h_eval with its Metropolis setting) unless
-    ``n_steps`` / ``step_size`` are given. Returns ``samples`` ``[B, S, dx]`` (data units; observed coordinates
-    copied), their ``mean`` ``[B, dx]``, the latents ``z`` ``[B, S, dz]`` and the ``missing`` mask ``[B, dx]``.
+    ``n_steps`` / ``step_size`` are given. They start where ``start`` says (``LoadedModel.chain_starts``:
+    ``neighbours``, the training data nearest in the observed coordinates, or ``prior``); unless ``check`` is
+    ``none``, S more chains run from ``check``'s starts and the two sets' reconstructions are compared per datum
+    (``metrics.mixing``; only the first set's samples are returned).
+
+    Returns ``samples`` ``[B, S, dx]`` (data units; observed coordinates copied), their ``mean`` ``[B, dx]``, the
+    latents ``z`` ``[B, S, dz]``, the ``missing`` mask ``[B, dx]`` and, with a check, ``between_set_t``,
+    ``t_threshold`` and ``disagree`` ``[B]``.
     """
     if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
         raise ReconstructionError(f"n_samples must be a whole number >= 1, got {n_samples!r}.")
@@ -133,15 +149,19 @@ def reconstruct(
     missing = torch.from_numpy(np.isnan(x)).to(module.device)
     x_std = module.to_standard_units(torch.from_numpy(np.nan_to_num(x)).to(module.device, torch.float32))
     config = module.long_chain_config(n_steps, step_size)
+    generator = model.generator(seed, 5)
+    starts = model.start_sets(start, check, x_std, missing, n_samples, generator)
     with cached_weights(module.energy):
         xs, z = conditional_sample(
-            module.energy, x_std, missing, model.dz, n_samples, config, model.generator(seed, 5)
+            module.energy, x_std, missing, model.dz, starts.x.shape[1], config, generator, starts
         )
-    samples = module.to_data_units(xs)
-    samples = torch.where(missing.unsqueeze(1), samples, torch.from_numpy(x).to(samples).unsqueeze(1))
-    return {
-        "samples": samples.cpu().numpy(),
-        "mean": samples.mean(1).cpu().numpy(),
-        "z": z.cpu().numpy(),
+    samples = torch.where(missing.unsqueeze(1), module.to_data_units(xs), torch.from_numpy(x).to(xs).unsqueeze(1))
+    out = {
+        "samples": samples[:, :n_samples].cpu().numpy(),
+        "mean": samples[:, :n_samples].mean(1).cpu().numpy(),
+        "z": z[:, :n_samples].cpu().numpy(),
         "missing": missing.cpu().numpy(),
     }
+    if check != "none":
+        out.update(set_agreement(samples, n_samples, missing).arrays())
+    return out

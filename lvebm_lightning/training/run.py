@@ -169,6 +169,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     callbacks = [
         *instantiate_callbacks(cfg.get("callbacks")), *progress_bar(cfg), ranks.RankWatch(), CheckpointGuard()
     ]
+    for callback in callbacks:  # settings that only the data can judge (a reconstruction mask against dx)
+        if hasattr(callback, "check_data"):
+            callback.check_data(datamodule)
     with config_node("trainer"), quiet.lightning():  # a trial trainer: devices, strategy, precision, ...
         hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=False, plugins=[AtomicCheckpointIO()])
     return Prepared(ckpt, datamodule, model, callbacks)

@@ -14,7 +14,8 @@
   W&B's own alternative, rewinding a run (``resume_from``), is online-only and in private preview.
 - **Summary.** At the end: best validation W2 and its checkpoint (Lightning's ``ModelCheckpoint``; resumed into a
   new directory it remembers the old best path but not its score, so the best is then that since the resume),
-  the final W2 / NLL / ELBO, where the run's files are; in the W&B summary, in ``summary.json`` of the run
+  the final W2 / NLL / ELBO and reconstruction RMSE (beside the k-NN's) and coverage, where the run's files are; in
+  the W&B summary, in ``summary.json`` of the run
   directory, and in a log message that ``train.py`` shows on the console.
 """
 
@@ -181,10 +182,11 @@ def resume_state(ckpt: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- the end of a run ----------------------------------------------------------------------------------------
 def run_summary(trainer: pl.Trainer, metrics: Mapping[str, float], run_dir: str | Path) -> dict[str, Any]:
-    """Best validation W2 and its checkpoint, the final W2 / NLL / ELBO (test split if it ran), the files."""
+    """Best validation W2 and its checkpoint, the final W2 / NLL / ELBO / reconstruction scores (test split if it
+    ran), the files."""
     split = "test" if any(k.startswith("test/") for k in metrics) else "val"
     summary: dict[str, Any] = {"run_dir": str(Path(run_dir).resolve())}
-    for name in ("w2", "w2_floor", "nll", "elbo", "iw_bound"):
+    for name in ("w2", "w2_floor", "nll", "elbo", "iw_bound", "recon_rmse", "recon_rmse_knn", "recon_coverage"):
         value = metrics.get(f"{split}/{name}")
         if value is not None and math.isfinite(value):
             summary[f"final/{name}"] = float(value)
@@ -217,6 +219,9 @@ def report(summary: Mapping[str, Any], trainer: pl.Trainer) -> str:
     values = [f"{k.split('/')[1]} {summary[k]:.4g}" for k in ("final/w2", "final/nll", "final/elbo") if k in summary]
     if values:
         lines.append(f"  {summary['final/split']:<11} " + ", ".join(values))
+    if "final/recon_rmse" in summary:
+        lines.append(f"  {'recon':<11} rmse {summary['final/recon_rmse']:.4g} (k-NN "
+                     f"{summary['final/recon_rmse_knn']:.4g}), 90% coverage {summary['final/recon_coverage']:.3g}")
     if "best/val_w2" in summary:
         lines.append(f"  best        val/w2 {summary['best/val_w2']:.4g}: {summary['best/checkpoint']}")
     elif "best/checkpoint" in summary:
