@@ -141,7 +141,7 @@ class ReconstructionMetrics(pl.Callback):
         config = pl_module.long_chain_config(self.n_steps)
         with cached_weights(pl_module.energy):
             xs, _ = conditional_sample(pl_module.energy, x, missing, pl_module.dz, self.n_samples, config, generator,
-                                       starts)
+                                       starts, pl_module.collapsed)
         samples = pl_module.to_data_units(xs).double()
         truth = pl_module.to_data_units(x).double()
         drawn, target = samples[..., hidden], truth[:, hidden]

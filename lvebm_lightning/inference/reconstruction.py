@@ -8,7 +8,9 @@ so no new kernel is needed (docs/design.md section 8): the particles are full pa
 to the shared Langevin kernel is U(y) = E(where(missing, y_x, x_o), y_z), a closure over x_o. The observed slots
 of y do not enter U, so they carry zero gradient; with the Metropolis correction their proposal is symmetric and
 cancels from the acceptance ratio, so MALA leaves p(x_m, z | x_o) exactly invariant. The posterior z | x is the
-special case with nothing missing. Everything here is in standardised units; ``reconstruct`` converts.
+special case with nothing missing. For an energy with a closed-form x | z (the decoder) the missing coordinates
+integrate out instead: z | x_o moves alone and x_m | z is drawn exactly (docs/design.md section 1), unless the run
+set ``sampler.collapsed=false``. Everything here is in standardised units; ``reconstruct`` converts.
 
 Where the chains start decides more than how they move: ``reconstruct`` starts them at the training data nearest
 in the observed coordinates by default (``particles.starts``), and checks that a second set from N(0, I) agrees.
@@ -28,6 +30,7 @@ from lvebm_lightning.energies.base import cached_weights
 from lvebm_lightning.inference.checkpoint import load
 from lvebm_lightning.langevin import LangevinConfig, langevin
 from lvebm_lightning.metrics.mixing import set_agreement
+from lvebm_lightning.particles.collapsed import collapsed_conditional, collapsible
 from lvebm_lightning.particles.starts import ChainStarts, prior_starts
 
 
@@ -40,8 +43,11 @@ def conditional_sample(
     config: LangevinConfig,
     generator: torch.Generator | None = None,
     start: ChainStarts | None = None,
+    collapsed: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Samples of (x_m, z) | x_o for every datum, by Langevin on the joint energy with x_o held fixed.
+    """Samples of (x_m, z) | x_o for every datum, by Langevin on the joint energy with x_o held fixed, or, with
+    ``collapsed`` and an energy that declares a closed-form x | z, by Langevin on z | x_o with x_m integrated out
+    and x_m | z drawn exactly (``particles.collapsed.collapsed_conditional``).
 
     Args:
         energy: E(x ``[..., dx]``, z ``[..., dz]``) -> ``[...]``.
@@ -52,7 +58,8 @@ def conditional_sample(
         config: the kernel (T, h, Metropolis).
         generator: source of the initial draws and of the Langevin noise.
         start: where the S chains start (``particles.starts``: x ``[B, S, dx]``, z ``[B, S, dz]``); None: x_m and
-            z from N(0, I).
+            z from N(0, I). The collapsed chain reads only its z.
+        collapsed: the collapsed chain where the energy allows it (``LVEBMModule.collapsed``).
 
     Returns:
         x ``[B, S, dx]`` (observed coordinates equal to x_obs, missing ones sampled) and z ``[B, S, dz]``.
@@ -68,6 +75,8 @@ def conditional_sample(
         return energy(assemble(y), y[..., dx:])
 
     start = start or prior_starts(observed[:, 0], missing, dz, n_samples, generator)
+    if collapsed and collapsible(energy):
+        return collapsed_conditional(energy, observed[:, 0], (~missing).to(x_obs), start.z.to(x_obs), config, generator)
     y0 = torch.cat([assemble(start.x.to(x_obs)), start.z.to(x_obs)], dim=-1)
     y, _ = langevin(conditional_energy, y0, config, generator)
     return assemble(y), y[..., dx:]
@@ -153,7 +162,7 @@ def reconstruct(
     starts = model.start_sets(start, check, x_std, missing, n_samples, generator)
     with cached_weights(module.energy):
         xs, z = conditional_sample(
-            module.energy, x_std, missing, model.dz, starts.x.shape[1], config, generator, starts
+            module.energy, x_std, missing, model.dz, starts.x.shape[1], config, generator, starts, module.collapsed
         )
     samples = torch.where(missing.unsqueeze(1), module.to_data_units(xs), torch.from_numpy(x).to(xs).unsqueeze(1))
     out = {
