@@ -20,8 +20,8 @@ class TimedCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint(train_time_interval=...)``, which also fires when the module optimizes manually.
 
     Lightning (2.6) checks only ``every_n_train_steps`` after a batch of a manually optimized module such as
-    ``LVEBMModule``, so a time interval alone never saves during training (Lightning-AI/pytorch-lightning pull
-    request 21699). This applies the rule Lightning applies under automatic optimization: after a training
+    ``LVEBMModule``, so a time interval alone never saves during training. This applies the rule Lightning applies
+    under automatic optimization: after a training
     batch, save when at least ``train_time_interval`` has passed since this callback last saved (or since
     training started), as rank 0's clock says, so every rank saves at the same step. Under DDP the decision costs
     one all-reduce of one number per step.
