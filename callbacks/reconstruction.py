@@ -53,7 +53,7 @@ class ReconstructionMetrics(pl.Callback):
     """
 
     def __init__(
-        self, hidden: list[int] | None = None, n_rows: int = 256, n_samples: int = 16, n_steps: int = 200,
+        self, hidden: list[int] | None = None, n_rows: int = 128, n_samples: int = 16, n_steps: int = 200,
         knn: int = 10, n_gallery: int = 4,
     ) -> None:
         counts = {"n_rows": n_rows, "n_samples": n_samples, "knn": knn, "n_gallery": n_gallery, "n_steps": n_steps}
@@ -70,6 +70,7 @@ class ReconstructionMetrics(pl.Callback):
         self.hidden, self.n_rows, self.n_samples, self.n_steps = hidden, n_rows, n_samples, n_steps
         self.knn, self.n_gallery = knn, n_gallery
         self.gallery: dict[str, Any] = {}
+        self._knn_error: dict[str, Tensor] = {}  # per split: the k-NN's squared error, which depends on data alone
 
     def check_data(self, datamodule: Any) -> None:
         """Refuse (one line, before anything is written) a mask that the data cannot take."""
@@ -116,7 +117,7 @@ class ReconstructionMetrics(pl.Callback):
         particles = store.full().to(device) if store is not None and pl_module.dz > 0 else None  # every rank
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # squared error, covered, k-NN squared error, n
         if len(x):
-            sums, samples = self._reconstruct(trainer, pl_module, x, hidden.to(device), particles)
+            sums, samples = self._reconstruct(trainer, pl_module, stage, x, hidden.to(device), particles)
             if trainer.is_global_zero:
                 self.gallery = {"truth": pl_module.to_data_units(x[: self.n_gallery]).cpu(),
                                 "samples": samples[: self.n_gallery].cpu(), "hidden": hidden}
@@ -128,10 +129,10 @@ class ReconstructionMetrics(pl.Callback):
             pl_module.log(f"{stage}/{name}", value.float(), sync_dist=False)
 
     def _reconstruct(
-        self, trainer: pl.Trainer, pl_module: Any, x: Tensor, hidden: Tensor, particles: Tensor | None
+        self, trainer: pl.Trainer, pl_module: Any, stage: str, x: Tensor, hidden: Tensor, particles: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """The sums ``[4]`` of this rank's rows x ``[b, dx]`` (standardised) and their samples ``[b, S, dx]`` (data
-        units)."""
+        """The sums ``[4]`` of this rank's rows x ``[b, dx]`` (standardised) of split ``stage`` and their samples
+        ``[b, S, dx]`` (data units)."""
         train = trainer.datamodule.splits["train"].to(x.device)
         missing = hidden.expand_as(x)
         posterior = pl_module.posterior
@@ -145,11 +146,13 @@ class ReconstructionMetrics(pl.Callback):
         samples = pl_module.to_data_units(xs).double()
         truth = pl_module.to_data_units(x).double()
         drawn, target = samples[..., hidden], truth[:, hidden]
-        raw = trainer.datamodule.raw["train"].to(x.device).double()
-        knn = knn_predict(raw[:, ~hidden], raw[:, hidden], truth[:, ~hidden], self.knn)
+        if stage not in self._knn_error:
+            raw = trainer.datamodule.raw["train"].to(x.device).double()
+            knn = knn_predict(raw[:, ~hidden], raw[:, hidden], truth[:, ~hidden], self.knn)
+            self._knn_error[stage] = ((knn - target) ** 2).sum()
         n = target.numel()
         sums = torch.stack([
             ((drawn.mean(1) - target) ** 2).sum(), central_coverage(drawn, target, LEVEL) * n,
-            ((knn - target) ** 2).sum(), torch.tensor(float(n), dtype=torch.float64, device=x.device),
+            self._knn_error[stage], torch.tensor(float(n), dtype=torch.float64, device=x.device),
         ])
         return sums, samples
