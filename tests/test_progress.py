@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 100
 REDRAWS = 20
-"""``run.progress_bar`` asks for about 20 redraws when stdout is not a terminal."""
+"""``training.progress.progress_bar`` asks for about 20 redraws when stdout is not a terminal."""
 
 
 def test_a_run_of_many_epochs_logs_one_bar_over_its_steps(tmp_path):

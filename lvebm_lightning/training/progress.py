@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from omegaconf import DictConfig
 
 EPOCH_RUN_STEPS = 1000
 """Steps assumed for the refresh rate of a run counted in epochs, whose length in steps is not known ahead."""
@@ -87,3 +88,11 @@ class StepProgressBar(TQDMProgressBar):
         else:  # in a file the validation's numbers join the bar at its next redraw, not in a line of their own
             self.val_progress_bar.close()
             self.reset_dataloader_idx_tracker()
+
+
+def progress_bar(cfg: DictConfig) -> list[pl.Callback]:
+    """One bar over the run's steps; without a terminal (a log file, a batch job) a bar that redraws every step
+    fills the log, so it is redrawn about 20 times a run instead."""
+    if cfg.trainer.get("enable_progress_bar") is False:
+        return []
+    return [StepProgressBar(redraws=None if sys.stdout.isatty() else 20)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from lvebm_lightning.training.checkpointing import (
 )
 from lvebm_lightning.training.divergence import TrainingDiverged
 from lvebm_lightning.training.module import LVEBMModule
-from lvebm_lightning.training.progress import StepProgressBar
+from lvebm_lightning.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +126,6 @@ def config_node(name: str) -> Iterator[None]:
         text = " ".join(str(cause).split()) or type(cause).__name__
         raise ConfigError(f"{name}: {text} (fix the values under {name}; python train.py --cfg job shows them)") \
             from None
-
-
-def progress_bar(cfg: DictConfig) -> list[pl.Callback]:
-    """One bar over the run's steps; without a terminal (a log file, a batch job) a bar that redraws every step
-    fills the log, so it is redrawn about 20 times a run instead."""
-    if cfg.trainer.get("enable_progress_bar") is False:
-        return []
-    return [StepProgressBar(redraws=None if sys.stdout.isatty() else 20)]
 
 
 def prepare(cfg: DictConfig) -> Prepared:
