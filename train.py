@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from lvebm_lightning.config.compose import ConfigError, check_overrides
+from lvebm_lightning.config.compose import ConfigError, check_overrides, normalise_overrides
 from lvebm_lightning.errors import exit_with_error
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -88,6 +88,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     os.environ.setdefault("WANDB_SILENT", "true")  # the closing block names the W&B run and how to upload it
+    sys.argv[1:] = normalise_overrides(sys.argv[1:])  # data.options.<name>=...: keys the config files do not hold
     if not any(arg.startswith("-") for arg in sys.argv[1:]):
         try:
             composed = check_overrides(CONFIG_DIR, "train", sys.argv[1:])

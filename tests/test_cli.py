@@ -286,19 +286,44 @@ def test_commands_write_their_outputs(ckpt, tmp_path, capsys):
         (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/three.npy", "out={tmp}/r.npz"], "but the model needs [B, 2]"),
         (reconstruct_main, ["ckpt={ckpt}", "data=val", "out={tmp}/r.npz"], "data=val is not a file"),
         (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/notes.json", "out={tmp}/r.npz"], "unsupported extension"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "n_samples=0"],
+         "n_samples must be a positive number, got 0"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "step_size=0"],
+         "step_size must be a positive number, got 0"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "n_steps=-1"],
+         "n_steps must be a whole number >= 0, got -1"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "n_samples=many"],
+         "n_samples must be a whole number, got 'many'"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "out={tmp}/new/r.npy"],
+         "reconstructions are written as .npz"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "start=neighbours"],
+         "unknown argument 'start'; lvebm-reconstruct takes ckpt, data,"),
+        (reconstruct_main, ["ckpt={tmp}/notes.json", "data={tmp}/partial.npy"], "is not a readable checkpoint"),
+        (reconstruct_main, ["data={tmp}/partial.npy"], "missing ckpt=<checkpoint>"),
+        (reconstruct_main, ["ckpt={ckpt}", "data={tmp}/partial.npy", "out={tmp}/notes.json/r.npz"],
+         "is not a folder this user can write into"),
+        (infer_main, ["ckpt={ckpt}", "data=val", "start=neighbours", "n_particles=513", "out={tmp}/new/p.npz"],
+         "n_particles=513 chains per datum but the store holds 512 particles in all"),
+        (infer_main, ["ckpt={tmp}/short_run.ckpt", "data=val", "start=neighbours", "out={tmp}/new/p.npz"],
+         "holds no persistent posterior particles"),
     ],
 )
 def test_commands_refuse_bad_input_with_one_line(main, args, message, ckpt, tmp_path, capsys):
     np.save(tmp_path / "three.npy", np.zeros((10, 3), dtype=np.float32))
     np.save(tmp_path / "full.npy", np.zeros((4, 2)))
     np.save(tmp_path / "empty_row.npy", np.array([[0.0, np.nan], [np.nan, np.nan]]))
-    np.save(tmp_path / "partial.npy", np.array([[0.0, np.nan], [np.nan, 1.0]]))
+    np.save(tmp_path / "partial.npy", np.array([[0.5, np.nan], [np.nan, -1.0]]))
     (tmp_path / "notes.json").write_text("{}")
+    short_run = torch.load(ckpt, map_location="cpu", weights_only=True)  # what a short-run checkpoint holds
+    short_run["hyper_parameters"]["posterior"] = {**short_run["hyper_parameters"]["posterior"], "kind": "short_run"}
+    del short_run["lvebm"]["particles"]
+    torch.save(short_run, tmp_path / "short_run.ckpt")
+    before = sorted(tmp_path.rglob("*"))
     code, out, err = run_command(main, [a.format(ckpt=ckpt, tmp=tmp_path) for a in args], capsys)
     assert code == 2
     assert message in err
     assert err.count("\n") == 1 and err.startswith("lvebm-")
-    assert not [p for p in tmp_path.iterdir() if p.stem in ("s", "p", "e", "r")]
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no folder made
 
 
 def test_console_scripts_run_as_installed(ckpt, tmp_path):

@@ -108,7 +108,8 @@ def bad_input_examples() -> list[tuple[str, str]]:
 
 EXAMPLES = bad_input_examples()
 FIRST_OF_CLASS = {name: example for name, example in reversed(EXAMPLES)}
-COVERED_IN_PROCESS = ("data file", "checkpoint that is missing", "value out of range")
+COVERED_IN_PROCESS = ("data file", "checkpoint that is missing", "value out of range", "dataset parameter",
+                      "energy that does not fit", "console command", "chains that cannot start")
 """The fast subset runs the first example of each class that ``tests/test_bad_input.py`` does not already cover
 in process; the rest (several seconds each: they import Lightning) are marked slow and run in the full suite."""
 WALK = [pytest.param(name, ex, id=ex, marks=[] if FIRST_OF_CLASS[name] == ex and not name.startswith(
@@ -117,20 +118,33 @@ WALK = [pytest.param(name, ex, id=ex, marks=[] if FIRST_OF_CLASS[name] == ex and
 
 def test_the_readme_lists_every_class_of_bad_input():
     classes = {name for name, _ in EXAMPLES}
-    assert len(classes) == 9 and len(EXAMPLES) >= 18
+    assert len(classes) == 13 and len(EXAMPLES) >= 27
     assert any("MisconfigurationException" in c for c in classes) and any("wrong type" in c for c in classes)
+    examples = " ".join(example for _, example in EXAMPLES)
+    for added in ("data.options.", "model/energy=", "lvebm-reconstruct ", "start=neighbours"):
+        assert added in examples, added
 
 
 @pytest.mark.parametrize(("name", "example"), WALK)
 def test_every_listed_bad_input_fails_in_one_line_before_anything_is_written(name, example, first, tmp_path):
+    """A ``train.py`` example must leave no run folder; a console command's (``lvebm-...``) no output; neither
+    touches the finished run."""
     run, _ = first
     before = snapshot(run)
     args = example.replace("<double-well run>", str(run)).split()
-    done = train_py(*args, f"hydra.run.dir={tmp_path / 'new'}")
+    if args[0].startswith("lvebm-"):
+        program = args[0]
+        done = subprocess.run(
+            [sys.executable, "-m", "lvebm_lightning.inference.commands", program.removeprefix("lvebm-"), *args[1:]],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )
+    else:
+        program = "lvebm"
+        done = train_py(*args, f"hydra.run.dir={tmp_path / 'new'}")
     assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lvebm: error: "), done.stderr[-3000:]
-    assert not (tmp_path / "new").exists()
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), done.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
     assert snapshot(run) == before
     if "data=mueller_brown" in example:  # another dataset of the same dx: the differences are listed
         assert "data: checkpoint 'double_well' vs run 'mueller_brown'" in lines[0]

@@ -24,9 +24,20 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from lvebm_lightning.config.validation import ConfigError, validate
 from lvebm_lightning.errors import one_line
 
-__all__ = ["CONF", "ConfigError", "check_overrides", "compose_config"]
+__all__ = ["CONF", "ConfigError", "check_overrides", "compose_config", "normalise_overrides"]
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+OPEN_NODES = ("data.options.",)
+"""Nodes whose keys the code, not the config files, knows (a dataset's parameters): set without ``+``."""
+
+
+def normalise_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with ``data.options.<name>=<value>`` written ``++data.options.<name>=<value>``: the config
+    files hold no dataset's parameters (``data.options: {}``), so Hydra would refuse the plain form as an unknown
+    key; ``data.datamodule`` checks each name and value against the dataset (``data.options``)."""
+    return [f"++{o}" if o.startswith(OPEN_NODES) and "=" in o else o for o in overrides]
 
 
 def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> DictConfig:
@@ -41,7 +52,7 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: Sequenc
     """
     from lvebm_lightning.config import schema
 
-    config_dir = Path(config_dir).resolve()
+    config_dir, overrides = Path(config_dir).resolve(), normalise_overrides(overrides)
     groups = {p.relative_to(config_dir).as_posix() for p in config_dir.rglob("*") if p.is_dir()}  # model/energy
     cfg = _compose(config_dir, config_name, overrides)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -92,7 +103,7 @@ def compose_config(output_dir: str | Path, overrides: Sequence[str] = ()) -> Dic
     ``output_dir``: ``train(compose_config(...))`` without the command line (tests, benchmarks, notebooks)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name="train", overrides=normalise_overrides(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)  # so that ${hydra:...} values resolve as under @hydra.main

@@ -150,8 +150,8 @@ def check_values(base: DictConfig, cfg: DictConfig, overrides: Sequence[Override
     config ``groups`` applied), and each added key against where it lands."""
     for override in overrides:
         key = override.key_or_group
-        if override.is_delete() or key.split(".")[0] == "hydra" or key in groups:
-            continue
+        if override.is_delete() or key.split(".")[0] == "hydra" or key in groups or key.startswith("data.options."):
+            continue  # a dataset's parameters are checked against the dataset when the data are built
         value = OmegaConf.select(cfg, key)
         if OmegaConf.select(base, key, default="<absent>") == "<absent>":
             missing = key

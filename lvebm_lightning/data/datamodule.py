@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lvebm_lightning.data.files import DataFileError, load_array
+from lvebm_lightning.data.options import check_options
 from lvebm_lightning.data.shards import ResumableLoader, ShardedBatchSampler
 from lvebm_lightning.data.systems import get_dataset
 
@@ -113,9 +114,15 @@ class LVEBMDataModule(pl.LightningDataModule):
         if self.splits:
             return self
         if self.name == "file":
+            if self.options:
+                raise ValueError(
+                    f"data.options ({', '.join(self.options)}) set the parameters of a generated dataset; data=file "
+                    "takes none: drop them."
+                )
             raw = self._load_file()
         else:
             self.system = get_dataset(self.name, **self.options)
+            check_options(self.system, self.options)
             raw = None
         if raw is None:
             n_train, n_val, n_test = self.sizes

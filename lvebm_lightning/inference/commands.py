@@ -19,6 +19,7 @@ written into the checkpoint's run directory (``<run>/checkpoints/last.ckpt`` -> 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +63,14 @@ def _output(path: str | None, ckpt: Path, default: str, allowed: tuple[str, ...]
         raise UsageError(f"out={path}: {what} are written as {' or '.join(allowed)}; give out=<name>{allowed[0]}.")
     if out.is_dir():
         raise UsageError(f"out={path} is a folder; give a file name, e.g. out={out / ('result' + allowed[0])}.")
+    existing = next(p for p in out.absolute().parents if p.exists())  # made only when the result is written
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UsageError(f"out={path}: {existing} is not a folder this user can write into; give another out=.")
+    return out
+
+
+def _ready(out: Path) -> Path:
+    """``out`` with its folder made: called once the work is done, so a failed command writes nothing."""
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -91,7 +100,7 @@ def _sample(a: SampleArgs) -> None:
     result = sample(model, a.n, pairs=a.pairs, source=a.source, n_steps=a.n_steps, step_size=a.step_size,
                     seed=a.seed, device=a.device)
     arrays = {"x": result[0], "z": result[1]} if a.pairs else {"x": result}
-    _write_table(out, arrays)
+    _write_table(_ready(out), arrays)
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items())
     print(f"wrote {len(arrays['x'])} samples ({a.source}, step {model.step}; {shapes}, x in data units) to {out}")
 
@@ -121,7 +130,7 @@ def _infer(a: InferArgs) -> None:
     result = infer_checked(model, x, a.n_particles, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed,
                            start=a.start, check=a.check)
     z = result["z"]
-    if out.suffix.lower() == ".npz":
+    if _ready(out).suffix.lower() == ".npz":
         np.savez(out, x=x.numpy(), **result)
     else:
         np.save(out, z)
@@ -144,7 +153,7 @@ def _reconstruct(a: ReconstructArgs) -> None:
 
     result = reconstruct(ckpt, a.data, a.n_samples, n_steps=a.n_steps, step_size=a.step_size, seed=a.seed,
                          start=a.start, check=a.check, device=a.device)
-    np.savez(out, **result)
+    np.savez(_ready(out), **result)
     b, s, dx = result["samples"].shape
     print(f"wrote {s} reconstructions of each of {b} data ({int(result['missing'].sum())} missing of {b * dx} "
           f"coordinates; {', '.join(result)}) to {out}")
@@ -162,7 +171,7 @@ def _eval(a: EvalArgs) -> None:
         ckpt, a.data, n_samples=a.n_samples, n_particles=a.n_particles, elbo_samples=a.elbo_samples,
         quadrature_points=a.quadrature_points, seed=a.seed, device=a.device,
     )
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    _ready(out).write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"{metrics['checkpoint']} (step {metrics['step']}) on {metrics['data']} ({metrics['n_data']} rows)")
     print(f"  {'metric':<22} value")
     for key, value in metrics.items():
