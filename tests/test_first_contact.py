@@ -86,11 +86,11 @@ def test_resuming_a_finished_run_into_a_new_directory_with_more_steps_trains_on(
 
 # -- the README's "Bad input" list, walked --------------------------------------------------------------------
 def bad_input_examples() -> list[tuple[str, str]]:
-    """(class, arguments) for every ``python train.py ...`` example of the README's "Bad input" list.
+    """(class, arguments) for every ``python train.py ...`` and ``lvebm-<command> ...`` example of the README's
+    "Bad input" list (a train.py example without its ``python train.py``).
 
     Each item of the list is ``- <class>: <examples>``, continued on lines indented by two spaces; its examples in
-    backticks that start with ``python train.py`` are walked here (others, such as a console command's, are
-    tested where they belong)."""
+    backticks that start with ``python train.py`` or ``lvebm-`` are walked here."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("\n## Bad input\n"):].split("\n## ")[1]
     items: list[str] = []
@@ -102,7 +102,8 @@ def bad_input_examples() -> list[tuple[str, str]]:
     examples = []
     for item in items:
         name, _, rest = item.partition(":")
-        examples += [(name, ex) for ex in re.findall(r"`python train\.py ([^`]+)`", rest)]
+        found = re.findall(r"`(?:python train\.py ([^`]+)|(lvebm-[a-z]+ [^`]+))`", rest)
+        examples += [(name, train or command) for train, command in found]
     return examples
 
 
