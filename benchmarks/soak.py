@@ -119,7 +119,7 @@ def soak(args: argparse.Namespace, work: Path, startup: float, rng: random.Rando
     seen = Soak()
     t0 = time.monotonic()
     while True:
-        leftovers = set(last.parent.glob(".last.ckpt.*.tmp"))  # from an earlier mid-write kill
+        leftovers = set(last.parent.glob(".last.ckpt.*.tmp"))  # left by a kill during a write
         proc = launch(args, run, resume=last.is_file())
         seen.launches += 1
         if time.monotonic() - t0 > args.duration:
