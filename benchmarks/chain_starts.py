@@ -12,7 +12,7 @@ frozen energy:
 - for both, the share of data on which the chains from the store's neighbours and those from N(0, I) disagree
   (``metrics.mixing``), which is what a user sees at the end of ``lvebm-reconstruct`` / ``lvebm-infer``.
 
-    python benchmarks/chain_starts.py [--n-train 1000] [--steps 4000] [--rows 300] [--chains 32]
+    python -m benchmarks.chain_starts [--n-train 1000] [--steps 4000] [--rows 300] [--chains 32]
                                       [--chain-steps 1000] [--seed 0]
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lvebm_lightning.config.compose import compose_config
+from lvebm_lightning.inference import infer_checked, load, reconstruct
+from lvebm_lightning.metrics import elbo
+from lvebm_lightning.metrics.reconstruction import central_coverage, knn_predict
+from lvebm_lightning.training.run import train
 
-from lvebm_lightning.config.compose import compose_config  # noqa: E402
-from lvebm_lightning.inference import infer_checked, load, reconstruct  # noqa: E402
-from lvebm_lightning.metrics import elbo  # noqa: E402
-from lvebm_lightning.metrics.reconstruction import central_coverage, knn_predict  # noqa: E402
-from lvebm_lightning.training.run import train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 STARTS = ("neighbours", "prior")
 

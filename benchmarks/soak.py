@@ -1,8 +1,8 @@
 """Soak test of crash safety: train while killing and resuming ``python train.py`` at random moments.
 
-    python benchmarks/soak.py --duration 300 --max-steps 600 --every 20 [--seed 0] [-- extra overrides ...]
-    python benchmarks/soak.py --devices 2 --duration 600 --max-steps 400 --every 20 --pool-size 200000
-    python benchmarks/soak.py --devices 2 --alternate --duration 600 --max-steps 400 --every 20
+    python -m benchmarks.soak --duration 300 --max-steps 600 --every 20 [--seed 0] [-- extra overrides ...]
+    python -m benchmarks.soak --devices 2 --duration 600 --max-steps 400 --every 20 --pool-size 200000
+    python -m benchmarks.soak --devices 2 --alternate --duration 600 --max-steps 400 --every 20
 
 First an uninterrupted reference run; then the same run in another folder, launched again and again with
 ``ckpt_path=<folder>/checkpoints/last.ckpt``, each launch stopped after a random delay by one of
@@ -45,10 +45,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from benchmarks import soak_ranks
+from tests.helpers.checkpoints import differences, training_state
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks import soak_ranks  # noqa: E402
-from tests.helpers.checkpoints import differences, training_state  # noqa: E402  (needs the path above)
 
 KINDS = ("SIGKILL at random", "SIGKILL mid-write", "SIGTERM")
 RANK_KINDS = ("SIGKILL a rank", "SIGKILL the launcher", "SIGKILL mid-write", "SIGTERM")

@@ -1,4 +1,4 @@
-"""The DDP kill soak, short (``benchmarks/soak.py --devices 2 --kills 4``): one stop of each kind (SIGKILL of a
+"""The DDP kill soak, short (``python -m benchmarks.soak --devices 2 --kills 4``): one stop of each kind (SIGKILL of a
 child rank, of the launching process, of a rank during a checkpoint write, SIGTERM to every rank), each followed by
 a resume from last.ckpt; at a fixed world size the final state equals the uninterrupted 2-rank run's bit for bit,
 and with resumes alternating between 1 and 2 ranks the final checkpoint holds every datum's particles once and the
@@ -20,7 +20,8 @@ KINDS = ("SIGKILL a rank", "SIGKILL the launcher", "SIGKILL mid-write", "SIGTERM
 
 def soak(tmp_path: Path, *extra: str) -> str:
     done = subprocess.run(
-        [sys.executable, "benchmarks/soak.py", "--devices", "2", "--kills", "4", "--max-steps", "300", "--every", "10",
+        [sys.executable, "-m", "benchmarks.soak", "--devices", "2", "--kills", "4", "--max-steps", "300",
+         "--every", "10",
          "--pool-size", "200000", "--work", str(tmp_path), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
