@@ -1,1 +1,2 @@
-"""Data: dataset generators (physical systems, toys), the user-file loader and the data module."""
+"""Data: dataset generators (physical systems, toys) and the ranges of their parameters, the user-file loader and
+the data module."""
