@@ -71,7 +71,7 @@ def knn_reconstruction(train: Tensor, test: Tensor, hidden: list[int], n_samples
 def recon_scores(samples: Tensor, mean: Tensor, target: Tensor) -> dict[str, float]:
     """RMSE of ``mean`` ``[B, h]``, mean energy score and 90% central coverage of ``samples`` ``[B, S, h]``."""
     return {
-        "recon_rmse": float(mean_squared_error(mean, target, squared=False)),
+        "recon_rmse": float(mean_squared_error(mean.contiguous(), target.contiguous(), squared=False)),
         "recon_es": float(energy_score(samples, target).mean()),
         "recon_cov90": float(central_coverage(samples, target, 0.9)),
     }
