@@ -29,7 +29,7 @@ from benchmarks import paper, paper_scores
 from benchmarks.common import Report, machine, matmul_gflops, report_path, seconds
 from lvebm_lightning.config.compose import compose_config
 from lvebm_lightning.inference import load, sample
-from lvebm_lightning.metrics.evaluation import sample_distances
+from lvebm_lightning.metrics.evaluation import floor_distances, held_out_rows, reference_pairs, sample_distances
 from lvebm_lightning.training.run import train
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -50,7 +50,8 @@ def score(variant: str, seed: int, budget: paper.Budget, out: Path) -> tuple[dic
     x_test, x_train = data.raw["test"], data.raw["train"]
     n = min(budget.n_samples, len(x_test))
     x_model = torch.from_numpy(sample(model, n, seed=seed))
-    distances = sample_distances(x_model, x_test[:n], x_train[:n], n)
+    held = held_out_rows(x_test, n)
+    distances = sample_distances(x_model, held, floor_distances(reference_pairs(held, x_train)))
     row["w2_ratio"] = float(distances["w2_ratio"])
     hidden = list(paper.DATASETS[DATASET].hidden)
     row.update(paper_scores.reconstruction_scores(model, data, budget, hidden, seed))

@@ -60,7 +60,7 @@ from benchmarks.flow import fit_flow, flow_nll, flow_sample
 from benchmarks.paper_report import gallery, tables
 from lvebm_lightning.config.compose import compose_config
 from lvebm_lightning.inference import load, sample
-from lvebm_lightning.metrics.evaluation import sample_distances
+from lvebm_lightning.metrics.evaluation import floor_distances, held_out_rows, reference_pairs, sample_distances
 from lvebm_lightning.training.divergence import TrainingDiverged
 from lvebm_lightning.training.run import train
 
@@ -213,7 +213,8 @@ def flow_run(dataset: str, seed: int, budget: Budget, out: Path) -> dict[str, An
         row["nll_true"], row["nll_gap"] = float(true.mean()), float(nll.mean() - true.mean())
     x_model = flow_sample(flow, mean, std, budget.n_samples, seed=seed).double()
     n = min(budget.n_samples, len(test))
-    distances = sample_distances(x_model.float(), test[:n], data.raw["train"][:n], n)
+    held = held_out_rows(test, n)  # the rows and floor pairs that the EBM rows' callback uses
+    distances = sample_distances(x_model.float(), held, floor_distances(reference_pairs(held, data.raw["train"])))
     row.update({k: float(v) for k, v in distances.items()})
     row.update(scores.physics_scores(data, x_model, -nll[: budget.n_probe], budget))
     row["total_s"] = time.perf_counter() - start
