@@ -30,6 +30,15 @@ PREPARED: Any = None
 """What ``prepare`` built before Hydra started (a plain run), handed to ``main``."""
 
 
+def strategy_name(strategy: Any) -> str:
+    """``trainer.strategy`` as a user reads it: a name (``ddp``) stays, an instantiated strategy
+    (``_target_: ...WatchedDDPStrategy``) reads ``ddp`` when its class is a DDP strategy, else its class name."""
+    if isinstance(strategy, (DictConfig, dict)) and "_target_" in strategy:
+        cls = str(strategy["_target_"]).rsplit(".", 1)[-1]
+        return "ddp" if "ddp" in cls.lower() else cls
+    return str(strategy)
+
+
 def check_multirun(cfg: DictConfig) -> None:
     """Hydra multirun runs its jobs one after another in this process, which Lightning's DDP launcher (it
     re-runs the command line for each rank) cannot follow: refuse the combination before anything starts."""
@@ -38,7 +47,7 @@ def check_multirun(cfg: DictConfig) -> None:
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    devices, strategy = cfg.trainer.get("devices", 1), str(cfg.trainer.get("strategy", "auto"))
+    devices, strategy = cfg.trainer.get("devices", 1), strategy_name(cfg.trainer.get("strategy", "auto"))
     several = not (isinstance(devices, int) and devices == 1) or "ddp" in strategy.lower()
     if several or int(cfg.trainer.get("num_nodes", 1) or 1) > 1:
         raise ConfigError(

@@ -114,11 +114,11 @@ class Budget:
 
 
 QUICK = Budget(
-    steps=40, chain_steps=40, n_samples=256, n_probe=200, n_particles=4, elbo_samples=8, encoder_data=500,
+    steps=20, chain_steps=40, n_samples=256, n_probe=200, n_particles=4, elbo_samples=8, encoder_data=500,
     encoder_steps=60, n_recon=32, recon_samples=16, flow_steps=60, seeds=1,
     data=("data.n_train=1500", "data.n_val=256", "data.n_test=512", "sampler.negative.pool_size=1000",
           "sampler.negative.n_steps=10",  # T_n 50 -> 10: the negative chains were most of a quick run's time
-          "sampler.compile=false",  # 40-step runs: compiling each dataset's chain shapes would cost more than it saves
+          "sampler.compile=false",  # 20-step runs: compiling each dataset's chain shapes would cost more than it saves
           "+callbacks.metrics.ais_chains=32", "+callbacks.metrics.ais_temperatures=20",
           "callbacks.metrics.n_elbo=64", "callbacks.metrics.elbo_samples=8", "callbacks.metrics.quadrature_points=32"),
 )

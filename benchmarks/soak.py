@@ -26,7 +26,9 @@ its launching process reaps is only checked to be gone), after a SIGTERM with 14
 uninterrupted N-rank run. ``--alternate`` resumes alternately under 1 and N ranks (the last launch under N):
 no bit-equality then (another number of ranks re-shards the particles and re-seeds the generators), but the
 final checkpoint must hold every datum's particles exactly once and the whole pool, all finite. ``--kills K``
-stops after K stops (kinds in turn, so each occurs) instead of after ``--duration`` seconds.
+stops after K stops (kinds in turn, so each occurs) instead of after ``--duration`` seconds, each timed stop
+landing up to ``--window`` seconds after the launch trains and has a last.ckpt (so every later launch resumes); with
+``--alternate`` it runs no reference.
 """
 
 from __future__ import annotations
@@ -173,6 +175,11 @@ def soak(args: argparse.Namespace, work: Path, startup: float, rng: random.Rando
             # Wait for training to run, then for the next write of last.ckpt to begin.
             alive = wait_until(lambda: heartbeat(run) is not None, proc) and wait_until(
                 lambda old=leftovers: bool(set(last.parent.glob(".last.ckpt.*.tmp")) - old), proc)
+        elif args.kills is not None:
+            # Counted stops land once this launch trains and the run has a checkpoint: every later launch resumes.
+            alive = wait_until(lambda: heartbeat(run) is not None and last.is_file(), proc)
+            deadline = time.monotonic() + rng.uniform(0.0, args.window)
+            alive = alive and wait_until(lambda end=deadline: time.monotonic() > end, proc)
         else:
             deadline = time.monotonic() + rng.uniform(0.5 * startup, startup + args.window)
             alive = wait_until(lambda end=deadline: time.monotonic() > end, proc)
@@ -259,9 +266,13 @@ def main() -> None:
     if args.devices > 1:
         soak_ranks.become_subreaper()
 
-    reference, reference_s, startup = run_reference(args, work)
+    # --alternate compares no state with a reference run; --kills times its stops from the run's first checkpoint.
+    if args.alternate and args.kills is not None:
+        reference, reference_s, startup = None, float("nan"), float("nan")
+    else:
+        reference, reference_s, startup = run_reference(args, work)
     seen, last, soak_s = soak(args, work, startup, rng)
-    diffs = [] if args.alternate else differences(training_state(last), training_state(reference))
+    diffs = [] if reference is None else differences(training_state(last), training_state(reference))
     missing = check_whole(last)
     leftovers = list(last.parent.glob(".*.tmp"))
 
@@ -284,8 +295,11 @@ def main() -> None:
         for failure in seen.failures:
             print(f"  {failure}")
     print(f"leftover temporary files at the end: {len(leftovers)}")
-    print(f"wall time: reference {reference_s:.0f} s, soaked {soak_s:.0f} s (x{soak_s / reference_s:.2f}); "
-          f"start-up {startup:.1f} s a launch")
+    if reference is None:
+        print(f"wall time: soaked {soak_s:.0f} s (no reference run)")
+    else:
+        print(f"wall time: reference {reference_s:.0f} s, soaked {soak_s:.0f} s (x{soak_s / reference_s:.2f}); "
+              f"start-up {startup:.1f} s a launch")
     print(f"final checkpoint holds every datum's particles once and the whole pool, all finite: "
           f"{'yes' if not missing else 'NO (' + '; '.join(missing) + ')'}")
     if not args.alternate:

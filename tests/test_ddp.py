@@ -4,13 +4,12 @@ One chain of runs on a tiny double well (N = 131 data, so the two shards are une
 4 steps; a pool of M = 65 pairs), each run recording per-rank state with ``tests/ddp_probe.py``:
 
 - A: 2 ranks, 6 steps, checkpoints every 2 steps, one validation at the end, W&B offline;
-- B: 2 ranks resumed from A's step-2 checkpoint (mid-epoch) to step 6: must repeat A exactly;
 - C: 1 rank resumed from A's step-2 checkpoint (2 -> 1), to step 4;
 - E: 2 ranks resumed from C's step-4 checkpoint (1 -> 2), to step 5.
 
 Separate 2-rank runs check the AIS path of the metrics (dx + dz > 3, on the 4-D Lorenz system), a skipped update
-that only one rank saw (D), and a SIGTERM that only one rank received (S, stopped at step 3; R resumes it to step 6
-and must end exactly where A ends).
+that only one rank saw (D), and a SIGTERM that only one rank received (S, stopped at step 3, mid-epoch; R resumes it
+on the same 2 ranks to step 6 and must repeat A exactly, step by step).
 """
 
 from __future__ import annotations
@@ -53,6 +52,8 @@ def run_train(
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == returncode, proc.stderr[-4000:]
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    (probe_dir / "console.txt").write_text(proc.stdout + proc.stderr)
     records = [torch.load(p, weights_only=False) for p in sorted(probe_dir.glob("rank*.pt"))]
     assert [r["rank"] for r in records] == list(range(len(records)))
     return run_dir, records
@@ -69,12 +70,10 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     a_dir, a = run_train(base / "A", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6",
                          threads_from_lightning=True)
     a_ckpt2 = a_dir / "checkpoints" / "step_000002.ckpt"
-    b_dir, b = run_train(base / "B", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                         "logger=csv", f"ckpt_path={a_ckpt2}")
     c_dir, c = run_train(base / "C", "trainer.devices=1", "trainer.max_steps=4", *NO_VALIDATION, f"ckpt_path={a_ckpt2}")
     c_ckpt4 = c_dir / "checkpoints" / "step_000004.ckpt"
     e_dir, e = run_train(base / "E", "trainer.devices=2", "trainer.max_steps=5", *NO_VALIDATION, f"ckpt_path={c_ckpt4}")
-    return {"base": base, "A": (a_dir, a), "B": (b_dir, b), "C": (c_dir, c), "E": (e_dir, e)}
+    return {"base": base, "A": (a_dir, a), "C": (c_dir, c), "E": (e_dir, e)}
 
 
 def steps_by_number(record: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -129,7 +128,7 @@ def test_compiled_chains_under_ddp_follow_the_eager_run(runs, tmp_path):
     """Run A again with compiled chains (the default outside debug=fast) on the same 2 gloo ranks: both ranks compile
     their chains, DDP still averages one gradient that both step with, and the run ends where the eager run A
     ends, to float tolerance (the same noise reaches both; the compiled graphs round differently)."""
-    c_dir, (c0, c1) = run_train(tmp_path, "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6",
+    c_dir, (c0, c1) = run_train(tmp_path, "trainer.devices=2", "trainer.max_steps=6", *NO_VALIDATION,
                                 "sampler.compile=true", threads_from_lightning=True)
     a_dir, _ = runs["A"]
     for s0, s1 in zip(c0["steps"], c1["steps"], strict=True):
@@ -165,9 +164,9 @@ def test_an_update_skipped_on_one_rank_is_skipped_on_both(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sigterm_resumed(runs) -> Path:
+def sigterm_resumed(runs) -> tuple[Path, list[dict[str, Any]]]:
     """S: A's settings, SIGTERM to rank 1 alone after step 3 (exit 143, last.ckpt saved by both ranks); R: resumed
-    from it on 2 ranks to step 6. Returns R's run directory."""
+    from it on 2 ranks to step 6. Returns R's run directory and probe records."""
     base = runs["base"]
     s_dir, _ = run_train(
         base / "S", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6", "logger=csv",
@@ -175,10 +174,13 @@ def sigterm_resumed(runs) -> Path:
         "+callbacks.stop.sigterm=true", "+callbacks.stop.rank=1", returncode=143,
     )
     last = s_dir / "checkpoints" / "last.ckpt"
-    assert load(last)["global_step"] == 3
-    r_dir, _ = run_train(base / "R", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                         "logger=csv", f"ckpt_path={last}")
-    return r_dir
+    ckpt = load(last)
+    assert ckpt["global_step"] == 3 and len(ckpt["lvebm"]["generator_states"]) == 2
+    assert bool(torch.isfinite(ckpt["lvebm"]["particles"]).all())  # every rank's particles were gathered
+    console = (base / "S" / "probe" / "console.txt").read_text()
+    assert f"lvebm: stopped: stopped by SIGTERM at step 3; saved {last}, resume with" in console, console[-3000:]
+    return run_train(base / "R", "trainer.devices=2", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                     "logger=csv", f"ckpt_path={last}")
 
 
 @pytest.mark.slow
@@ -186,7 +188,7 @@ def test_a_sigterm_resume_on_two_ranks_ends_exactly_as_the_uninterrupted_run(run
     from tests.helpers.checkpoints import assert_identical, training_state
 
     a_dir, _ = runs["A"]
-    resumed = training_state(sigterm_resumed / "checkpoints" / "step_000006.ckpt")
+    resumed = training_state(sigterm_resumed[0] / "checkpoints" / "step_000006.ckpt")
     assert_identical(resumed, training_state(a_dir / "checkpoints" / "step_000006.ckpt"), "2-rank SIGTERM resume")
 
 
@@ -267,13 +269,13 @@ def test_metrics_use_samples_gathered_from_both_ranks(runs):
 
 
 @pytest.mark.slow
-def test_resume_on_the_same_ranks_continues_exactly(runs):
+def test_resume_on_the_same_ranks_continues_exactly(runs, sigterm_resumed):
     _, a = runs["A"]
-    _, b = runs["B"]
+    _, b = sigterm_resumed
     for ra, rb in zip(a, b, strict=True):
-        assert rb["start"]["global_step"] == 2
+        assert rb["start"]["global_step"] == 3
         steps_a = steps_by_number(ra)
-        assert [s["global_step"] for s in rb["steps"]] == [3, 4, 5, 6]
+        assert [s["global_step"] for s in rb["steps"]] == [4, 5, 6]
         for s in rb["steps"]:
             t = steps_a[s["global_step"]]
             for key in ("index", "particles", "latent_noise", "pool_noise", "params"):

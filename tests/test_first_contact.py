@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,27 +127,47 @@ def test_the_readme_lists_every_class_of_bad_input():
         assert added in examples, added
 
 
-@pytest.mark.parametrize(("name", "example"), WALK)
-def test_every_listed_bad_input_fails_in_one_line_before_anything_is_written(name, example, first, tmp_path):
-    """A ``train.py`` example must leave no run folder; a console command's (``lvebm-...``) no output; neither
-    touches the finished run."""
-    run, _ = first
-    before = snapshot(run)
+def bad_input_command(example: str, run: Path, out: Path) -> list[str]:
+    """The command line of ``example``, a ``train.py`` one writing under ``out``."""
     args = example.replace("<double-well run>", str(run)).split()
     if args[0].startswith("lvebm-"):
-        program = args[0]
-        done = subprocess.run(
-            [sys.executable, "-m", "lvebm_lightning.inference.commands", program.removeprefix("lvebm-"), *args[1:]],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
-        )
-    else:
-        program = "lvebm"
-        done = train_py(*args, f"hydra.run.dir={tmp_path / 'new'}")
+        return [sys.executable, "-m", "lvebm_lightning.inference.commands", args[0].removeprefix("lvebm-"), *args[1:]]
+    return [sys.executable, "train.py", "debug=fast", "trainer.accelerator=cpu", *args, f"hydra.run.dir={out / 'new'}"]
+
+
+@pytest.fixture(scope="module")
+def walked(request, first, tmp_path_factory) -> tuple[dict[str, tuple[subprocess.CompletedProcess, Path]], bool]:
+    """Every bad-input example this session selected, run two at a time (each is one process that imports
+    Lightning on one core), each with its own output folder; and whether the finished run was left untouched."""
+    run, _ = first
+    chosen = [item.callspec.params["example"] for item in request.session.items
+              if item.originalname == "test_every_listed_bad_input_fails_in_one_line_before_anything_is_written"]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "WANDB_SILENT"}
+    env["OMP_NUM_THREADS"] = "1"
+    before = snapshot(run)
+
+    def one(example: str) -> tuple[subprocess.CompletedProcess, Path]:
+        out = tmp_path_factory.mktemp("bad_input")
+        command = bad_input_command(example, run, out)
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env), out
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(chosen, pool.map(one, chosen), strict=True))
+    return results, snapshot(run) == before
+
+
+@pytest.mark.parametrize(("name", "example"), WALK)
+def test_every_listed_bad_input_fails_in_one_line_before_anything_is_written(name, example, walked):
+    """A ``train.py`` example must leave no run folder; a console command's (``lvebm-...``) no output; none of
+    them touches the finished run."""
+    results, run_untouched = walked
+    done, out = results[example]
+    program = "lvebm" if not example.startswith("lvebm-") else example.split()[0]
     assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{program}: error: "), done.stderr[-3000:]
-    assert list(tmp_path.iterdir()) == []
-    assert snapshot(run) == before
+    assert list(out.iterdir()) == []
+    assert run_untouched
     if "data=mueller_brown" in example:  # another dataset of the same dx: the differences are listed
         assert "data: checkpoint 'double_well' vs run 'mueller_brown'" in lines[0]
 

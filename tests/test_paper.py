@@ -1,6 +1,6 @@
 """``python -m benchmarks.paper --quick``: every method on every dataset through every score, on tiny budgets.
 
-The numbers of a 40-step run mean nothing; what is checked is that each score the table promises for a
+The numbers of a 20-step run mean nothing; what is checked is that each score the table promises for a
 (dataset, method) exists and is finite, that the table has no missing or NaN cell where a score applies, and that
 every dataset has its gallery. The metrics themselves are tested against analytic answers elsewhere
 (test_reconstruction, test_fitted_encoder, test_physical_metrics, test_metrics_*). A quick or partial run must
