@@ -117,11 +117,12 @@ def main() -> None:
     train_moves = steps * cfg.data.batch_size * (posterior.n_steps * posterior.n_particles + negative.n_steps)
     chain_moves = chains.n_samples * chains.n_steps
     gallery = cfg.callbacks.get("gallery")
-    if gallery is not None:  # its posterior clouds: n_posterior data x n_posterior_particles chains of T_eval steps
+    if gallery is not None:  # its posterior clouds: n_posterior data x n_posterior_particles chains of n_steps
         from callbacks.gallery import Gallery
 
-        default = inspect.signature(Gallery).parameters["n_posterior_particles"].default
-        cloud_moves = gallery.n_posterior * gallery.get("n_posterior_particles", default) * chains.n_steps
+        defaults = {k: v.default for k, v in inspect.signature(Gallery).parameters.items()}
+        per_datum = gallery.get("n_posterior_particles", defaults["n_posterior_particles"])
+        cloud_moves = gallery.n_posterior * per_datum * gallery.get("n_steps", defaults["n_steps"])
     rows = [("training steps (fit minus validation)", f"{train_s:.2f}", "100.0")]
     evaluations = [p for p in timer.phases if p.name in ("validation", "test")]
     for i, phase in enumerate(evaluations, 1):

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.reconstruction import ReconstructionMetrics
 from lvebm_lightning.metrics import log_marginal
+from lvebm_lightning.particles.starts import neighbour_starts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -37,18 +38,21 @@ class Gallery(pl.Callback):
         n_samples: points of each cloud drawn in the sample figure.
         n_posterior: data points whose posterior particle clouds are drawn.
         n_posterior_particles: fresh conditional chains per drawn datum.
+        n_steps: Langevin steps of each of those chains (the long chains' kernel and step size); they start at the
+            persistent particles of the nearest training data (``particles.starts``), so they need far fewer steps
+            than chains from N(0, I).
         grid_points: resolution of the landscape grid per axis.
     """
 
     def __init__(
-        self, n_samples: int = 2000, n_posterior: int = 4, n_posterior_particles: int = 256, grid_points: int = 80
+        self, n_samples: int = 2000, n_posterior: int = 4, n_posterior_particles: int = 256, n_steps: int = 500,
+        grid_points: int = 80,
     ) -> None:
-        self.n_samples, self.n_posterior = n_samples, n_posterior
-        for key, value in {"n_samples": n_samples, "n_posterior": n_posterior,
+        for key, value in {"n_samples": n_samples, "n_posterior": n_posterior, "n_steps": n_steps,
                            "n_posterior_particles": n_posterior_particles, "grid_points": grid_points}.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
-        self.n_samples, self.n_posterior = n_samples, n_posterior
+        self.n_samples, self.n_posterior, self.n_steps = n_samples, n_posterior, n_steps
         self.n_posterior_particles, self.grid_points = n_posterior_particles, grid_points
         self.saved: list[Path] = []
         self._drawn_step: int | None = None
@@ -154,12 +158,16 @@ class Gallery(pl.Callback):
         return fig
 
     def _posterior(self, trainer: pl.Trainer, pl_module: Any, when: str) -> Any:
-        """Posterior particles z | x of a few validation points, from fresh conditional chains."""
+        """Posterior particles z | x of a few validation points, from fresh conditional chains of ``n_steps``
+        steps started where the store says: the persistent particles of the training data nearest to each point,
+        among those this rank owns (no collective: rank 0 draws alone); without a store, at the encoder's draws
+        or at N(0, I)."""
         if pl_module.dz == 0:
             return None
         x_std = trainer.datamodule.splits["val"][: self.n_posterior].to(pl_module.device)
         generator = pl_module.draw_generator(trainer.global_step, 5)
-        z = pl_module.infer_standardised(x_std, self.n_posterior_particles, generator=generator).cpu()
+        z = pl_module.infer_standardised(x_std, self.n_posterior_particles, n_steps=self.n_steps, generator=generator,
+                                         z_start=self._starts(trainer, pl_module, x_std, generator)).cpu()
         fig, axes = plt.subplots(1, len(x_std), figsize=(3.2 * len(x_std), 3.4), squeeze=False, layout="constrained")
         x = pl_module.to_data_units(x_std).cpu()
         for ax, zi, xi in zip(axes[0], z, x):
@@ -174,6 +182,23 @@ class Gallery(pl.Callback):
             ax.set_title("x = (" + ", ".join(f"{float(v):.2f}" for v in xi[:3]) + ")", fontsize=8)
         fig.suptitle(f"posterior particles z | x ({when})")
         return fig
+
+    def _starts(self, trainer: pl.Trainer, pl_module: Any, x_std: torch.Tensor, generator: torch.Generator) -> Any:
+        """Starting z ``[B, S, dz]`` of the posterior clouds' chains (None: N(0, I))."""
+        posterior, store, n = pl_module.posterior, pl_module.posterior.store, self.n_posterior_particles
+        if store is not None:
+            owned = store.owned
+            particles = store.get(owned).to(x_std.device)
+            available = min(n, particles.shape[0] * particles.shape[1])
+            starts = neighbour_starts(x_std, torch.zeros_like(x_std, dtype=torch.bool), available,
+                                      trainer.datamodule.splits["train"][owned].to(x_std.device), particles)
+            return starts.z.repeat(1, -(-n // available), 1)[:, :n]
+        if getattr(posterior, "trainable", False):  # an amortised encoder: its proposal at each point
+            with torch.no_grad():
+                mu, log_sigma = posterior(x_std)
+            noise = torch.randn(x_std.shape[0], n, pl_module.dz, generator=generator, device=mu.device, dtype=mu.dtype)
+            return mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * noise
+        return None
 
     def _reconstruction(self, trainer: pl.Trainer, pl_module: Any, when: str) -> Any:
         """A few held-out rows with their hidden coordinates sampled (kept by ``ReconstructionMetrics``)."""
