@@ -85,6 +85,12 @@ def tables(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> str:
                 dataset, "pca / knn (reference)", NA, NA, NA, cell([ref], "r2_pca", ".3f"), NA,
                 cell([ref], "recon_rmse", ".3f"), cell([ref], "recon_es", ".3f"), cell([ref], "recon_cov90", ".2f"),
             ))
+        if "r2_bayes" in ref:  # the generator is known: the Bayes-optimal answers, the row no model beats on average
+            latents.append((
+                dataset, "bayes (the limit)", NA, NA, NA, cell([ref], "r2_bayes", ".3f"), NA,
+                cell([ref], "bayes_recon_rmse", ".3f"), cell([ref], "bayes_recon_es", ".3f"),
+                cell([ref], "bayes_recon_cov90", ".2f"),
+            ))
     return "\n".join(["### Samples, density and physics", "", markdown_table(DENSITY, density), "", "### Latents", "",
                       markdown_table(LATENTS, latents)])
 

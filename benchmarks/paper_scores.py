@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
+from lvebm_lightning.data.pendulum_posterior import pendulum_posterior
 from lvebm_lightning.data.systems import GridDensity, Phi4, linear_gaussian_ml, magnetisation
 from lvebm_lightning.inference import LoadedModel, infer, reconstruct, sample
 from lvebm_lightning.metrics import choose_box, elbo, log_marginal
@@ -54,6 +55,27 @@ def reference_scores(data: Any, budget: Any, hidden: list[int] | None, dz: int) 
         out["r2_pca"] = float(cv_knn_r2(principal_components(train, x, max(dz, 1)), target)[0])
     if hidden:
         out.update(knn_reconstruction(train, test[: budget.n_recon], hidden, budget.recon_samples))
+    if data.name == "pendulum":
+        out.update(bayes_scores(data, x, test[: budget.n_recon], hidden, budget.recon_samples))
+    return out
+
+
+def bayes_scores(data: Any, probed: Tensor, test: Tensor, hidden: list[int], n_samples: int) -> dict[str, float]:
+    """The limit where the generator is known (the pendulum, ``data.pendulum_posterior``): the Bayes-optimal
+    reconstruction of the hidden coordinates (``bayes_recon_*``) and the R^2 ceiling of latent recovery, the same
+    probe as the methods' on the exact posterior means of (energy, cos phase, sin phase) given the whole datum."""
+    generator = torch.Generator().manual_seed(0)
+    out: dict[str, float] = {}
+    if hidden:
+        observed = torch.ones(test.shape[1], dtype=torch.bool)
+        observed[hidden] = False
+        post = pendulum_posterior(data.system, test, observed, n_samples=n_samples, generator=generator)
+        scores = recon_scores(post.samples[:, :, hidden], post.mean[:, hidden], test[:, hidden].double())
+        out.update({f"bayes_{k}": v for k, v in scores.items()})
+    whole = pendulum_posterior(data.system, probed, torch.ones(probed.shape[1], dtype=torch.bool), n_samples=1,
+                               generator=generator)
+    means = torch.stack([whole.energy, whole.cos_phase, whole.sin_phase], dim=1)
+    out["r2_bayes"] = float(cv_knn_r2(means, truth(data, probed))[0])
     return out
 
 

@@ -71,6 +71,9 @@ def test_quick_paper_table_fills_every_cell(tmp_path: Path) -> None:
         assert all(math.isfinite(report["references"][dataset][k]) for k in RECON_KEYS), dataset
     for dataset in ("pendulum", "phi4"):
         assert math.isfinite(report["references"][dataset]["r2_pca"])
+    bayes = report["references"]["pendulum"]  # the generator is known: the limit of both
+    assert all(math.isfinite(bayes[k]) for k in ["r2_bayes", *(f"bayes_{k}" for k in RECON_KEYS)])
+    assert "| pendulum | bayes (the limit) |" in (tmp_path / "table.md").read_text()
     table = (tmp_path / "table.md").read_text()
     assert "nan" not in table and "finite)" not in table
     assert all((tmp_path / f"gallery_{d}.png").stat().st_size > 10_000 for d in DATASETS)

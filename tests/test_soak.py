@@ -21,7 +21,7 @@ KINDS = ("SIGKILL a rank", "SIGKILL the launcher", "SIGKILL mid-write", "SIGTERM
 
 def soak(tmp_path: Path, kills: int, *extra: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.soak", "--devices", "2", "--kills", str(kills), "--max-steps", "300",
+        [sys.executable, "-m", "benchmarks.soak", "--devices", "2", "--kills", str(kills), "--max-steps", "200",
          "--every", "10", "--window", "1", "--pool-size", "200000", "--work", str(tmp_path), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
