@@ -1,7 +1,8 @@
 """A rank lost under DDP (2 gloo processes, ``python train.py trainer=ddp_cpu``): every surviving process stops within
 seconds, exit status 3, with one line naming the lost rank, the step, the last good checkpoint and its step, and
 the command that resumes; that command then finishes the run, continuing the same W&B run without logging a step
-twice. A rank that hangs instead of dying is given up at the collective timeout (``conf/trainer/ddp_cpu.yaml``)."""
+twice. A rank that hangs instead of dying is given up at the collective timeout (``conf/trainer/ddp_cpu.yaml``).
+A killed launching process (rank 1 reports it and exits 3) is one of the stops of ``tests/test_soak.py``."""
 
 from __future__ import annotations
 
@@ -130,22 +131,6 @@ def wait_orphan(pid: int, timeout: float) -> tuple[int, float]:
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     raise AssertionError(f"rank {pid} did not stop within {timeout} s")
-
-
-@pytest.mark.slow
-def test_a_killed_launching_process_stops_rank_1_with_one_line(tmp_path, subreaper):
-    run = tmp_path / "run"
-    proc = start(run, "logger=csv")
-    wait_for_checkpoint(proc, run)
-    rank1 = child_rank(proc)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=10) == -signal.SIGKILL
-    status, took = wait_orphan(rank1, BOUND_S)
-    assert status == 3 and took < BOUND_S
-    (report,) = reports(run)
-    assert report["lost"] == f"rank 0 (the launching process, pid {proc.pid}) is gone" and report["rank"] == "1"
-    check_report(report, run)
-    resume(report, run)
 
 
 @pytest.mark.slow

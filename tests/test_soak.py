@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_rank_loss import REPORT
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("SIGKILL a rank", "SIGKILL the launcher", "SIGKILL mid-write", "SIGTERM")
 
@@ -39,3 +41,8 @@ def test_a_two_rank_run_killed_every_way_ends_bit_equal_to_the_uninterrupted_one
     out = soak(tmp_path, 4)
     assert "resumes from last.ckpt: 4 (4 under 2 rank(s))" in out
     assert "equal the uninterrupted 2-rank run's bit for bit: yes" in out
+    # The survivor of each SIGKILL said in one line what was lost and how to resume (tests/test_rank_loss.py
+    # checks the line's parts against the run; here: the launcher's loss, reported by rank 1).
+    (log,) = tmp_path.glob("*/soak.log")
+    lost = [m for m in REPORT.finditer(log.read_text()) if "the launching process" in m["lost"]]
+    assert lost and all(m["rank"] == "1" and m["command"].startswith("python train.py ") for m in lost)
