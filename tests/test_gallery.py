@@ -41,6 +41,20 @@ def test_posterior_clouds_without_a_store_or_encoder_start_at_the_prior(make_cfg
     assert module.posterior.store is None and gallery._starts(trainer, module, x_std, torch.Generator()) is None
 
 
+def test_posterior_clouds_of_an_amortised_posterior_start_at_its_encoders_draws(make_cfg):
+    prepared = prepare(make_cfg("sampler=amortised"))
+    module = prepared.model
+    x_std = torch.randn(3, module.dx, generator=torch.Generator().manual_seed(2))
+    trainer = SimpleNamespace(datamodule=prepared.datamodule)
+    starts = Gallery(n_posterior_particles=4000)._starts(trainer, module, x_std, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mu, log_sigma = module.posterior(x_std)
+    assert starts.shape == (3, 4000, module.dz)
+    # The draws' mean and spread are the encoder's, to 5 standard errors of 4000 draws.
+    assert torch.allclose(starts.mean(1), mu, atol=5 * float(log_sigma.exp().max()) / 4000**0.5)
+    assert torch.allclose(starts.std(1), log_sigma.exp(), rtol=5 / (2 * 3999) ** 0.5)
+
+
 @pytest.mark.parametrize("key", ["n_samples", "n_posterior", "n_posterior_particles", "n_steps", "grid_points"])
 def test_every_count_of_the_gallery_is_checked(key):
     with pytest.raises(ValueError, match=f"{key} must be a whole number >= 1, got 0"):
