@@ -31,8 +31,8 @@ included; ``--quick`` runs them eagerly). The scores (``paper_scores``), all on 
                     RMSE of the mean, energy score, share of truths in the central 90% of the samples; row "knn":
                     a k-NN regression from observed to hidden coordinates fitted on the training data; row
                     "bayes" (pendulum, whose generator is known): the Bayes-optimal reconstruction and the R^2
-                    probe on the exact posterior means of the hidden variables, the limit no method beats on
-                    average (``data.pendulum_posterior``)
+                    of the hidden energy by its exact posterior mean, the limit no method beats on average
+                    (``data.pendulum_posterior``)
     train s         wall time of the training steps alone
 
 Runs are sequential in this process. Results go to ``benchmarks/results/paper/`` for the default run, to its

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.reconstruction import ReconstructionMetrics
 from lvebm_lightning.metrics import log_marginal
-from lvebm_lightning.particles.starts import neighbour_starts
+from lvebm_lightning.particles.starts import nearest_rows, neighbour_starts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -38,9 +38,9 @@ class Gallery(pl.Callback):
         n_samples: points of each cloud drawn in the sample figure.
         n_posterior: data points whose posterior particle clouds are drawn.
         n_posterior_particles: fresh conditional chains per drawn datum.
-        n_steps: Langevin steps of each of those chains (the long chains' kernel and step size); they start at the
-            persistent particles of the nearest training data (``particles.starts``), so they need far fewer steps
-            than chains from N(0, I).
+        n_steps: Langevin steps of each of those chains (the long chains' kernel and step size) where they start
+            at the persistent particles of the nearest training data (``particles.starts``) or at an amortised
+            encoder's draws; chains from N(0, I) (no store, no encoder) take T_eval steps.
         grid_points: resolution of the landscape grid per axis.
     """
 
@@ -161,13 +161,15 @@ class Gallery(pl.Callback):
         """Posterior particles z | x of a few validation points, from fresh conditional chains of ``n_steps``
         steps started where the store says: the persistent particles of the training data nearest to each point,
         among those this rank owns (no collective: rank 0 draws alone); without a store, at the encoder's draws
-        or at N(0, I)."""
+        (``n_steps``) or at N(0, I) (T_eval steps, the long chains' length)."""
         if pl_module.dz == 0:
             return None
         x_std = trainer.datamodule.splits["val"][: self.n_posterior].to(pl_module.device)
         generator = pl_module.draw_generator(trainer.global_step, 5)
-        z = pl_module.infer_standardised(x_std, self.n_posterior_particles, n_steps=self.n_steps, generator=generator,
-                                         z_start=self._starts(trainer, pl_module, x_std, generator)).cpu()
+        z_start = self._starts(trainer, pl_module, x_std, generator)
+        n_steps = self.n_steps if z_start is not None else None  # from N(0, I): T_eval steps, as the long chains
+        z = pl_module.infer_standardised(x_std, self.n_posterior_particles, n_steps=n_steps, generator=generator,
+                                         z_start=z_start).cpu()
         fig, axes = plt.subplots(1, len(x_std), figsize=(3.2 * len(x_std), 3.4), squeeze=False, layout="constrained")
         x = pl_module.to_data_units(x_std).cpu()
         for ax, zi, xi in zip(axes[0], z, x):
@@ -184,14 +186,17 @@ class Gallery(pl.Callback):
         return fig
 
     def _starts(self, trainer: pl.Trainer, pl_module: Any, x_std: torch.Tensor, generator: torch.Generator) -> Any:
-        """Starting z ``[B, S, dz]`` of the posterior clouds' chains (None: N(0, I))."""
+        """Starting z ``[B, S, dz]`` of the posterior clouds' chains (None: N(0, I)). Only the particles of the
+        nearest training data are read from the store (a host-kept store stays on the host)."""
         posterior, store, n = pl_module.posterior, pl_module.posterior.store, self.n_posterior_particles
         if store is not None:
-            owned = store.owned
-            particles = store.get(owned).to(x_std.device)
-            available = min(n, particles.shape[0] * particles.shape[1])
-            starts = neighbour_starts(x_std, torch.zeros_like(x_std, dtype=torch.bool), available,
-                                      trainer.datamodule.splits["train"][owned].to(x_std.device), particles)
+            owned, per_datum = store.owned, store.n_particles
+            available = min(n, len(owned) * per_datum)
+            train = trainer.datamodule.splits["train"][owned].to(x_std.device)
+            near = nearest_rows(x_std, train, -(-available // per_datum)).unique()  # every point's nearest, owned
+            particles = store.get(owned[near.cpu()]).to(x_std.device)
+            starts = neighbour_starts(x_std, torch.zeros_like(x_std, dtype=torch.bool), available, train[near],
+                                      particles)
             return starts.z.repeat(1, -(-n // available), 1)[:, :n]
         if getattr(posterior, "trainable", False):  # an amortised encoder: its proposal at each point
             with torch.no_grad():

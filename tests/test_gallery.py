@@ -12,24 +12,27 @@ from callbacks.gallery import Gallery
 from lvebm_lightning.training.run import prepare
 
 
-def test_posterior_clouds_start_at_the_nearest_training_datums_particles(make_cfg):
+@pytest.mark.parametrize("world", [1, 2])
+def test_posterior_clouds_start_at_the_nearest_training_datums_particles(make_cfg, world):
+    """On rank 0 of ``world`` ranks: the nearest owned datum's K particles first, then the next nearest's."""
     prepared = prepare(make_cfg("sampler.posterior.n_particles=4"))
     datamodule, module = prepared.datamodule, prepared.model
     datamodule.setup("fit")
-    module.posterior.setup(datamodule.n_train, module.dz, 0, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    module.posterior.setup(datamodule.n_train, module.dz, 0, world, torch.device("cpu"),
+                           torch.Generator().manual_seed(0))
     store = module.posterior.store
     n, k, dz = store.values.shape
     store.values = torch.arange(n * k * dz, dtype=torch.float32).view(n, k, dz)  # every particle its own value
-    train = datamodule.splits["train"]
-    chosen = torch.tensor([3, 17])
-    x_std = train[chosen] + 1e-4  # nearer to rows 3 and 17 than to any other row
+    train = datamodule.splits["train"][store.owned]  # rank 0's rows, aligned with its store rows
+    chosen = torch.tensor([3, 17])  # positions within rank 0's shard
+    x_std = train[chosen] + 1e-4
     gallery = Gallery(n_posterior_particles=10, n_steps=7)
     starts = gallery._starts(SimpleNamespace(datamodule=datamodule), module, x_std, torch.Generator().manual_seed(1))
     assert starts.shape == (2, 10, dz)
-    # The nearest datum's k particles come first, in order; the chains after them start at the next neighbours.
-    for row, datum in enumerate(chosen.tolist()):
-        assert torch.equal(starts[row, :k], store.values[datum])
-        assert not any(torch.equal(starts[row, j], store.values[datum, 0]) for j in range(k, 10))
+    second = torch.cdist(x_std, train).topk(2, largest=False).indices[:, 1]
+    for row, (first, after) in enumerate(zip(chosen.tolist(), second.tolist(), strict=True)):
+        assert torch.equal(starts[row, :k], store.values[first])
+        assert torch.equal(starts[row, k:2 * k], store.values[after])
 
 
 def test_posterior_clouds_without_a_store_or_encoder_start_at_the_prior(make_cfg):
@@ -44,15 +47,20 @@ def test_posterior_clouds_without_a_store_or_encoder_start_at_the_prior(make_cfg
 def test_posterior_clouds_of_an_amortised_posterior_start_at_its_encoders_draws(make_cfg):
     prepared = prepare(make_cfg("sampler=amortised"))
     module = prepared.model
-    x_std = torch.randn(3, module.dx, generator=torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # an encoder far from its N(0, I) initialisation
+        for parameter in module.posterior.parameters():
+            parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    x_std = torch.randn(3, module.dx, generator=generator)
     trainer = SimpleNamespace(datamodule=prepared.datamodule)
     starts = Gallery(n_posterior_particles=4000)._starts(trainer, module, x_std, torch.Generator().manual_seed(3))
     with torch.no_grad():
         mu, log_sigma = module.posterior(x_std)
+    assert float(mu.abs().max()) > 0.2 and float((log_sigma.exp() - 1).abs().max()) > 0.2
     assert starts.shape == (3, 4000, module.dz)
     # The draws' mean and spread are the encoder's, to 5 standard errors of 4000 draws.
     assert torch.allclose(starts.mean(1), mu, atol=5 * float(log_sigma.exp().max()) / 4000**0.5)
-    assert torch.allclose(starts.std(1), log_sigma.exp(), rtol=5 / (2 * 3999) ** 0.5)
+    assert torch.allclose(starts.std(1), log_sigma.exp(), rtol=5 / (2 * 3999) ** 0.5, atol=1e-6)
 
 
 @pytest.mark.parametrize("key", ["n_samples", "n_posterior", "n_posterior_particles", "n_steps", "grid_points"])

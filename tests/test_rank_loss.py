@@ -2,7 +2,8 @@
 seconds, exit status 3, with one line naming the lost rank, the step, the last good checkpoint and its step, and
 the command that resumes; that command then finishes the run, continuing the same W&B run without logging a step
 twice. A rank that hangs instead of dying is given up at the collective timeout (``conf/trainer/ddp_cpu.yaml``).
-A killed launching process (rank 1 reports it and exits 3) is one of the stops of ``tests/test_soak.py``."""
+A killed launching process is one of the stops of ``tests/test_soak.py``: rank 1 exits 3 within the bound and its
+one line names the launcher, the last good checkpoint and the resume command, which the soak then runs."""
 
 from __future__ import annotations
 

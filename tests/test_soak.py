@@ -44,5 +44,10 @@ def test_a_two_rank_run_killed_every_way_ends_bit_equal_to_the_uninterrupted_one
     # The survivor of each SIGKILL said in one line what was lost and how to resume (tests/test_rank_loss.py
     # checks the line's parts against the run; here: the launcher's loss, reported by rank 1).
     (log,) = tmp_path.glob("*/soak.log")
+    last = log.parent / "soak" / "checkpoints" / "last.ckpt"
     lost = [m for m in REPORT.finditer(log.read_text()) if "the launching process" in m["lost"]]
-    assert lost and all(m["rank"] == "1" and m["command"].startswith("python train.py ") for m in lost)
+    assert lost, log.read_text()[-3000:]
+    for m in lost:
+        assert re.fullmatch(r"rank 0 \(the launching process, pid \d+\) is gone", m["lost"]) and m["rank"] == "1"
+        assert Path(m["ckpt"]) == last.resolve() and int(m["ckpt_step"]) <= int(m["step"])
+        assert m["command"].startswith("python train.py ") and m["command"].endswith(f"ckpt_path={last}")
