@@ -52,8 +52,10 @@ LAUNCHER_PID = "LVEBM_LAUNCHER_PID"
 """Set by the launching process for its children: whose death they watch for."""
 AGREED_STOPS = (SIGTERMException, TrainingDiverged, checkpointing.CheckpointError)
 """Exceptions that every rank raises at the same step (after a collective that agrees on them)."""
-PEER_ERRORS = ("Connection reset", "Connection closed", "Broken pipe", "Connection refused", "timed out",
-               "Timed out", "gloo", "NCCL", "Socket")
+PEER_ERRORS = ("connection reset", "connection closed", "broken pipe", "connection refused", "timed out", "timeout",
+               "pair closure", "gloo", "nccl", "socket")
+"""Lower-case markers of a backend's runtime error for a failed collective (gloo's timeout reads "Application
+timeout caused pair closure", its lost peer "Connection reset by peer")."""
 
 _armed = threading.Event()
 _report = threading.Lock()
@@ -171,7 +173,7 @@ def is_peer_error(err: BaseException) -> bool:
     """Whether ``err`` is a failed collective: torch's distributed errors, or a runtime error of the backend."""
     if isinstance(err, dist.DistError):
         return True
-    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in PEER_ERRORS)
+    return isinstance(err, RuntimeError) and any(marker in str(err).lower() for marker in PEER_ERRORS)
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> tuple[Path, int] | None:
