@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from callbacks.reconstruction import ReconstructionMetrics
 from lvebm_lightning.metrics import log_marginal
-from lvebm_lightning.particles.starts import nearest_rows, neighbour_starts
+from lvebm_lightning.particles.starts import posterior_starts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -166,7 +166,10 @@ class Gallery(pl.Callback):
             return None
         x_std = trainer.datamodule.splits["val"][: self.n_posterior].to(pl_module.device)
         generator = pl_module.draw_generator(trainer.global_step, 5)
-        z_start = self._starts(trainer, pl_module, x_std, generator)
+        posterior = pl_module.posterior
+        encoder = posterior if getattr(posterior, "trainable", False) else None
+        z_start = posterior_starts(x_std, self.n_posterior_particles, trainer.datamodule.splits["train"],
+                                   posterior.store, encoder, generator)
         n_steps = self.n_steps if z_start is not None else None  # from N(0, I): T_eval steps, as the long chains
         z = pl_module.infer_standardised(x_std, self.n_posterior_particles, n_steps=n_steps, generator=generator,
                                          z_start=z_start).cpu()
@@ -184,26 +187,6 @@ class Gallery(pl.Callback):
             ax.set_title("x = (" + ", ".join(f"{float(v):.2f}" for v in xi[:3]) + ")", fontsize=8)
         fig.suptitle(f"posterior particles z | x ({when})")
         return fig
-
-    def _starts(self, trainer: pl.Trainer, pl_module: Any, x_std: torch.Tensor, generator: torch.Generator) -> Any:
-        """Starting z ``[B, S, dz]`` of the posterior clouds' chains (None: N(0, I)). Only the particles of the
-        nearest training data are read from the store (a host-kept store stays on the host)."""
-        posterior, store, n = pl_module.posterior, pl_module.posterior.store, self.n_posterior_particles
-        if store is not None:
-            owned, per_datum = store.owned, store.n_particles
-            available = min(n, len(owned) * per_datum)
-            train = trainer.datamodule.splits["train"][owned].to(x_std.device)
-            near = nearest_rows(x_std, train, -(-available // per_datum)).unique()  # every point's nearest, owned
-            particles = store.get(owned[near.cpu()]).to(x_std.device)
-            starts = neighbour_starts(x_std, torch.zeros_like(x_std, dtype=torch.bool), available, train[near],
-                                      particles)
-            return starts.z.repeat(1, -(-n // available), 1)[:, :n]
-        if getattr(posterior, "trainable", False):  # an amortised encoder: its proposal at each point
-            with torch.no_grad():
-                mu, log_sigma = posterior(x_std)
-            noise = torch.randn(x_std.shape[0], n, pl_module.dz, generator=generator, device=mu.device, dtype=mu.dtype)
-            return mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * noise
-        return None
 
     def _reconstruction(self, trainer: pl.Trainer, pl_module: Any, when: str) -> Any:
         """A few held-out rows with their hidden coordinates sampled (kept by ``ReconstructionMetrics``)."""

@@ -1,14 +1,14 @@
-"""The gallery's posterior clouds: their chains start at the store's particles of the nearest training datum (the
-rank's own shard), take ``callbacks.gallery.n_steps`` steps, and every count is checked at construction."""
+"""The gallery's posterior clouds (``particles.starts.posterior_starts``): their chains start at the store's
+particles of the nearest training datum (the rank's own shard), or at an amortised encoder's draws, and every count
+of the gallery is checked at construction."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from callbacks.gallery import Gallery
+from lvebm_lightning.particles.starts import posterior_starts
 from lvebm_lightning.training.run import prepare
 
 
@@ -26,8 +26,8 @@ def test_posterior_clouds_start_at_the_nearest_training_datums_particles(make_cf
     train = datamodule.splits["train"][store.owned]  # rank 0's rows, aligned with its store rows
     chosen = torch.tensor([3, 17])  # positions within rank 0's shard
     x_std = train[chosen] + 1e-4
-    gallery = Gallery(n_posterior_particles=10, n_steps=7)
-    starts = gallery._starts(SimpleNamespace(datamodule=datamodule), module, x_std, torch.Generator().manual_seed(1))
+    starts = posterior_starts(x_std, 10, datamodule.splits["train"], store,
+                              generator=torch.Generator().manual_seed(1))
     assert starts.shape == (2, 10, dz)
     second = torch.cdist(x_std, train).topk(2, largest=False).indices[:, 1]
     for row, (first, after) in enumerate(zip(chosen.tolist(), second.tolist(), strict=True)):
@@ -38,10 +38,9 @@ def test_posterior_clouds_start_at_the_nearest_training_datums_particles(make_cf
 def test_posterior_clouds_without_a_store_or_encoder_start_at_the_prior(make_cfg):
     prepared = prepare(make_cfg("sampler=short_run"))
     module = prepared.model
-    gallery = Gallery()
     x_std = torch.zeros(2, module.dx)
-    trainer = SimpleNamespace(datamodule=prepared.datamodule)
-    assert module.posterior.store is None and gallery._starts(trainer, module, x_std, torch.Generator()) is None
+    assert module.posterior.store is None and not getattr(module.posterior, "trainable", False)
+    assert posterior_starts(x_std, 256, prepared.datamodule.splits["train"], None, None, torch.Generator()) is None
 
 
 def test_posterior_clouds_of_an_amortised_posterior_start_at_its_encoders_draws(make_cfg):
@@ -52,8 +51,9 @@ def test_posterior_clouds_of_an_amortised_posterior_start_at_its_encoders_draws(
         for parameter in module.posterior.parameters():
             parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
     x_std = torch.randn(3, module.dx, generator=generator)
-    trainer = SimpleNamespace(datamodule=prepared.datamodule)
-    starts = Gallery(n_posterior_particles=4000)._starts(trainer, module, x_std, torch.Generator().manual_seed(3))
+    assert module.posterior.store is None and module.posterior.trainable
+    starts = posterior_starts(x_std, 4000, prepared.datamodule.splits["train"], None, module.posterior,
+                              torch.Generator().manual_seed(3))
     with torch.no_grad():
         mu, log_sigma = module.posterior(x_std)
     assert float(mu.abs().max()) > 0.2 and float((log_sigma.exp() - 1).abs().max()) > 0.2

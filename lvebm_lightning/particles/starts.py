@@ -16,6 +16,8 @@ thousands of steps (docs/design.md section 8, "Where chains start"), so the star
 Every start is returned as ``ChainStarts(x [B, S, dx], z [B, S, dz])`` in standardised units, the observed
 coordinates of x equal to x_o: any chain on (x_m, z), or on z alone with x_m drawn given z, starts from it.
 ``skip`` starts a second, disjoint set of chains at the neighbours after the first ``skip`` particles.
+``posterior_starts`` starts posterior chains (nothing missing) from one rank's shard of the store, reading only the
+particles of the nearest data, and needs no collective.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from lvebm_lightning.particles.store import ParticleStore
 
 
 class ChainStarts(NamedTuple):
@@ -118,3 +122,30 @@ def neighbour_starts(
     else:
         z0 = torch.randn(*neighbour.shape, dz, generator=generator, device=x_obs.device, dtype=x_obs.dtype)
     return ChainStarts(x0, z0)
+
+
+def posterior_starts(
+    x: Tensor, n: int, train: Tensor, store: ParticleStore | None, encoder: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor | None:
+    """Starting z ``[B, n, dz]`` of n posterior chains per datum x ``[B, dx]`` (standardised, nothing missing).
+
+    With a store: ``neighbour_starts`` over the training data this rank owns (``train`` ``[N, dx]`` is the whole
+    split), the rows of the store read only for the data nearest to some x (a host-kept store stays on the
+    host); when the shard holds fewer than n particles the starts repeat. Without one: an amortised ``encoder``'s
+    draws at x. Without either: None (the caller starts at N(0, I)).
+    """
+    if store is not None:
+        owned, per_datum = store.owned, store.n_particles
+        available = min(n, len(owned) * per_datum)
+        shard = train[owned].to(x)
+        near = nearest_rows(x, shard, -(-available // per_datum)).unique()  # each datum's nearest, all owned
+        particles = store.get(owned[near.cpu()]).to(x.device)
+        starts = neighbour_starts(x, torch.zeros_like(x, dtype=torch.bool), available, shard[near], particles)
+        return starts.z.repeat(1, -(-n // available), 1)[:, :n]
+    if encoder is not None:
+        with torch.no_grad():
+            mu, log_sigma = encoder(x)
+        noise = torch.randn(x.shape[0], n, mu.shape[-1], generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * noise
+    return None
