@@ -32,7 +32,8 @@ included; ``--quick`` runs them eagerly). The scores (``paper_scores``), all on 
                     a k-NN regression from observed to hidden coordinates fitted on the training data; row
                     "bayes" (pendulum, whose generator is known): the Bayes-optimal reconstruction and the R^2
                     of the hidden energy by its exact posterior mean, the limit no method beats on average
-                    (``data.pendulum_posterior``)
+                    (``data.pendulum_posterior``). The flow reconstructs by MALA on its exact log density over
+                    the hidden coordinates (``flow.flow_conditional``), started at the k-NN imputer's samples
     train s         wall time of the training steps alone
 
 Runs are sequential in this process. Results go to ``benchmarks/results/paper/`` for the default run, to its
@@ -58,6 +59,7 @@ import hydra
 import torch
 
 from benchmarks import paper_scores as scores
+from benchmarks import paper_sweeps as sweeps
 from benchmarks.common import MATMUL_N, Report, RunTimer, matmul_gflops, results_dir
 from benchmarks.flow import fit_flow, flow_nll, flow_sample
 from benchmarks.paper_report import gallery, tables
@@ -112,13 +114,14 @@ class Budget:
     n_recon: int = 200         # test data reconstructed
     recon_samples: int = 50    # conditional samples per reconstructed datum
     flow_steps: int = 1000
+    flow_chain_steps: int = 200  # the flow's conditional MALA after its warm-up of 4 x flow_chain_steps / 8 steps
     data: tuple[str, ...] = ()  # data-size overrides
     seeds: int | None = None   # seeds for every dataset (None: each dataset's own)
 
 
 QUICK = Budget(
     steps=20, chain_steps=40, n_samples=256, n_probe=200, n_particles=4, elbo_samples=8, encoder_data=500,
-    encoder_steps=60, n_recon=32, recon_samples=16, flow_steps=60, seeds=1,
+    encoder_steps=60, n_recon=32, recon_samples=16, flow_steps=60, flow_chain_steps=16, seeds=1,
     data=("data.n_train=1500", "data.n_val=256", "data.n_test=512", "sampler.negative.pool_size=1000",
           "sampler.negative.n_steps=10",  # T_n 50 -> 10: the negative chains were most of a quick run's time
           "sampler.compile=false",  # 20-step runs: compiling each dataset's chain shapes would cost more than it saves
@@ -136,8 +139,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per EBM run (0: the budget's)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: benchmarks/results/paper/, its quick/ for a partial run)")
+    parser.add_argument("--sweep", choices=sorted(sweeps.SWEEPS), default=None,
+                        help="reconstruction as data or dimension grow (benchmarks/paper_sweeps.py), not the table")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every EBM run")
     args = parser.parse_args(argv)
+    if args.sweep:
+        args.methods = args.methods if args.methods != ",".join(METHODS) else sweeps.DEFAULT_METHODS[args.sweep]
+        unknown = [m for m in args.methods.split(",") if m not in sweeps.METHODS]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown} for --sweep; choose from {list(sweeps.METHODS)}")
+        return args
     for name, chosen, valid in (("dataset", args.datasets, DATASETS), ("method", args.methods, METHODS)):
         unknown = [v for v in chosen.split(",") if v not in valid]
         if unknown:
@@ -147,21 +158,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def is_partial(args: argparse.Namespace) -> bool:
     """Whether a run differs from the default run: quick budgets, a subset, other seeds or steps, or overrides."""
-    subset = args.datasets != ",".join(DATASETS) or args.methods != ",".join(METHODS)
+    methods = sweeps.DEFAULT_METHODS[args.sweep] if getattr(args, "sweep", None) else ",".join(METHODS)
+    subset = args.datasets != ",".join(DATASETS) or args.methods != methods
     return args.quick or subset or bool(args.seeds or args.steps or args.overrides)
 
 
 def output_dir(args: argparse.Namespace) -> Path:
     """``--out``, else ``benchmarks/results/paper/`` for the default run and its ``quick/`` for any other, so that
     only a default run replaces the default run's table, rows and galleries."""
-    return args.out or results_dir("paper", quick=is_partial(args))
+    name = f"paper_{args.sweep}" if getattr(args, "sweep", None) else "paper"
+    return args.out or results_dir(name, quick=is_partial(args))
 
 
-def run_overrides(dataset: str, method: str, seed: int, budget: Budget, extra: list[str]) -> list[str]:
-    """The Hydra overrides of one EBM run of the table."""
+def last_wins(overrides: list[str]) -> list[str]:
+    """Overrides with one entry per key: a later ``key=value`` replaces an earlier one of the same key."""
+    keyed = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides}
+    return list(keyed.values())
+
+
+def run_overrides(
+    dataset: str, method: str, seed: int, budget: Budget, extra: list[str],
+    method_overrides: tuple[str, ...] | None = None,
+) -> list[str]:
+    """The Hydra overrides of one EBM run of the table (``method_overrides``: other than ``METHODS[method]``)."""
     spec = DATASETS[dataset]
-    return [
-        f"data={dataset}", *spec.overrides, f"model.dz={spec.dz}", *METHODS[method],
+    return last_wins([
+        f"data={dataset}", *spec.overrides, f"model.dz={spec.dz}", *(method_overrides or METHODS[method]),
         *(spec.no_latent if method == "no_latent" else ()), f"seed={seed}", "logger=csv", "test=true",
         "~callbacks.gallery", "~callbacks.best_checkpoint", "+trainer.limit_val_batches=0",
         "+trainer.enable_progress_bar=false", "+callbacks.timer._target_=benchmarks.common.RunTimer",
@@ -169,7 +191,7 @@ def run_overrides(dataset: str, method: str, seed: int, budget: Budget, extra: l
         f"callbacks.model_checkpoint.every_n_train_steps={budget.steps}",
         f"sampler.long_chains.n_steps={budget.chain_steps}", f"sampler.long_chains.n_samples={budget.n_samples}",
         *budget.data, *extra,
-    ]
+    ])
 
 
 def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[str], out: Path) -> dict[str, Any]:
@@ -195,7 +217,9 @@ def ebm_run(dataset: str, method: str, seed: int, budget: Budget, extra: list[st
     if model.dz > 0:
         row.update(scores.latent_scores(model, data, budget, seed))
     if spec.hidden:
+        recon_start = time.perf_counter()
         row.update(scores.reconstruction_scores(model, data, budget, list(spec.hidden), seed))
+        row["recon_s"] = time.perf_counter() - recon_start
     row["total_s"] = time.perf_counter() - start
     row["samples"] = x_model[:1000].float().tolist()
     return row
@@ -220,6 +244,12 @@ def flow_run(dataset: str, seed: int, budget: Budget, out: Path) -> dict[str, An
     distances = sample_distances(x_model.float(), held, floor_distances(reference_pairs(held, data.raw["train"])))
     row.update({k: float(v) for k, v in distances.items()})
     row.update(scores.physics_scores(data, x_model, -nll[: budget.n_probe], budget))
+    hidden = list(DATASETS[dataset].hidden)
+    if hidden:
+        recon_start = time.perf_counter()
+        row.update(scores.flow_reconstruction(flow, mean, std, data.raw["train"], test[: budget.n_recon], hidden,
+                                              budget, seed))
+        row["recon_s"] = time.perf_counter() - recon_start
     row["total_s"] = time.perf_counter() - start
     row["samples"] = x_model[:1000].float().tolist()
     return row
@@ -235,6 +265,9 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
     out = output_dir(args)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        sweep_main(args, budget, out)
+        return
     with tempfile.TemporaryDirectory() as tmp:  # the runs' checkpoints: scored, then deleted
         rows, refs, elapsed = run_all(args, budget, Path(tmp), out)
     with Report(out / "table.md") as report:
@@ -279,6 +312,27 @@ def run_all(
                     refs[dataset] = scores.reference_scores(data, budget, list(spec.hidden), spec.dz)
                     gallery(dataset, data, [r for r in rows if r["dataset"] == dataset], out / f"gallery_{dataset}.png")
     return rows, refs, time.perf_counter() - start
+
+
+def sweep_main(args: argparse.Namespace, budget: Budget, out: Path) -> None:
+    """``--sweep NAME``: every variant of the sweep, its table and rows (``paper_sweeps``)."""
+    variants = (sweeps.QUICK_SWEEPS if args.quick else sweeps.SWEEPS)[args.sweep]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = sweeps.run_sweep(args.sweep, variants, args.methods.split(","), budget, args.overrides, Path(tmp),
+                                  out)
+    with Report(out / "table.md") as table:
+        table.line(
+            f"Sweep {args.sweep}: {budget.steps} optimizer steps per EBM run, flow {budget.flow_steps} steps; "
+            f"{budget.n_recon} test rows reconstructed x {budget.recon_samples} samples by chains of "
+            f"{budget.chain_steps} steps; R² on {budget.n_probe} test rows (K = {budget.n_particles}).  \n"
+            f"Seeds per variant and method: {budget.seeds or 1}. Overrides: "
+            f"{' '.join([*budget.data, *args.overrides]) or 'none'}.  \n"
+            f"Total wall time {report['wall_s'] / 60:.1f} min on {os.cpu_count()} CPU cores (dense matmul "
+            f"{matmul_gflops('cpu'):.0f} GFLOP/s, {MATMUL_N}^2 float32, at the end of this run).")
+        table.line()
+        table.line(sweeps.sweep_table(report))
+    (out / "rows.json").write_text(json.dumps(report, indent=1))
+    (out / "rows.partial.json").unlink(missing_ok=True)
 
 
 def budget_header(budget: Budget, datasets: list[str], overrides: list[str], elapsed: float) -> str:

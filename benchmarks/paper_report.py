@@ -72,7 +72,7 @@ def tables(rows: list[dict[str, Any]], refs: dict[str, dict[str, Any]]) -> str:
             cell(ok, "sliced_w2", ".3g"), cell(ok, "nll_gap", ".3f"), cell(ok, "fe_spread", ".3f"),
             observable(ok, dataset),
         ))
-        if method != "flow":
+        if method != "flow" or any("recon_rmse" in r for r in ok):
             latents.append((
                 dataset, method, cell(ok, "elbo_gain", ".3f", "elbo_gain_se"),
                 cell(ok, "elbo_gain_prior", ".3f", "elbo_gain_prior_se"), cell(ok, "elbo", ".3f"),

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional import mean_squared_error
 
+from benchmarks.flow import flow_conditional
 from lvebm_lightning.data.pendulum_posterior import pendulum_posterior
 from lvebm_lightning.data.systems import GridDensity, Phi4, linear_gaussian_ml, magnetisation
 from lvebm_lightning.inference import LoadedModel, infer, reconstruct, sample
@@ -85,9 +86,30 @@ def knn_reconstruction(train: Tensor, test: Tensor, hidden: list[int], n_samples
     observed = [j for j in range(train.shape[1]) if j not in hidden]
     tr_o, tr_h = train[:, observed].double(), train[:, hidden].double()
     mean = knn_predict(tr_o, tr_h, test[:, observed].double(), k=10)
-    scale = tr_o.std(0)
-    nearest = torch.cdist(test[:, observed].double() / scale, tr_o / scale).topk(n_samples, largest=False).indices
-    return recon_scores(tr_h[nearest], mean, test[:, hidden].double())
+    return recon_scores(nearest_hidden(train, test, hidden, n_samples), mean, test[:, hidden].double())
+
+
+def nearest_hidden(train: Tensor, test: Tensor, hidden: list[int], n: int) -> Tensor:
+    """The hidden coordinates ``[B, n, h]`` of the n training rows nearest to each test row in its observed
+    coordinates (standardised by the training data's spread)."""
+    observed = [j for j in range(train.shape[1]) if j not in hidden]
+    tr_o = train[:, observed].double()
+    scale = tr_o.std(0).clamp_min(1e-12)
+    nearest = torch.cdist(test[:, observed].double() / scale, tr_o / scale).topk(n, largest=False).indices
+    return train[:, hidden].double()[nearest]
+
+
+def flow_reconstruction(
+    flow: torch.nn.Module, mean: Tensor, std: Tensor, train: Tensor, test: Tensor, hidden: list[int], budget: Any,
+    seed: int,
+) -> dict[str, float]:
+    """The flow sampled conditionally (``benchmarks.flow.flow_conditional``: MALA on its exact log density over
+    the hidden coordinates, the observed ones fixed), ``budget.recon_samples`` chains per test row started at the
+    hidden values of the nearest training rows (the k-NN imputer's samples), ``budget.flow_chain_steps`` steps
+    after a warm-up of half as many that tunes h."""
+    starts = nearest_hidden(train, test, hidden, budget.recon_samples).float()
+    samples = flow_conditional(flow, mean, std, test.float(), hidden, starts, budget.flow_chain_steps, seed).double()
+    return recon_scores(samples, samples.mean(1), test[:, hidden].double())
 
 
 def recon_scores(samples: Tensor, mean: Tensor, target: Tensor) -> dict[str, float]:

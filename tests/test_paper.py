@@ -101,3 +101,64 @@ def test_quick_results_are_ignored_by_git_and_full_results_are_not() -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", str(quick)], cwd=ROOT).returncode
     kept = subprocess.run(["git", "check-ignore", "-q", str(full)], cwd=ROOT).returncode
     assert (ignored, kept) == (0, 1)
+
+
+SWEEP_STARTS = {"collapsed": ["neighbours", "prior"], "joint": ["neighbours", "prior"], "no_latent": ["neighbours"],
+                "flow": ["knn"]}
+
+
+@pytest.mark.slow
+def test_quick_ladder_reconstructs_every_variant_with_every_method(tmp_path: Path) -> None:
+    """``--sweep ladder --quick``: each variant's training split has the size its label says, every method's
+    reconstruction from every start is scored, and k-NN and the Bayes limit sit beside them in the table."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paper", "--sweep", "ladder", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "rows.json").read_text())
+    labels = [v["label"] for v in report["variants"]]
+    assert labels == [v.label for v in paper.sweeps.QUICK_SWEEPS["ladder"]]
+    rows = {(r["variant"], r["method"]): r for r in report["rows"]}
+    assert set(rows) == {(v, m) for v in labels for m in SWEEP_STARTS}
+    for (variant, method), row in rows.items():
+        assert row["status"] == "ok", (variant, method, row["status"])
+        for start in SWEEP_STARTS[method]:
+            for key in [*RECON_KEYS, "recon_s"]:
+                assert math.isfinite(row[start][key]), (variant, method, start, key)
+        if method in ("collapsed", "joint"):
+            assert 0.0 <= row["r2_posterior"] <= 1.0, (variant, method)
+    for variant in labels:
+        ref = report["references"][variant]
+        assert all(math.isfinite(ref[k][m]) for k in ("knn", "bayes") for m in RECON_KEYS), variant
+        assert 0.9 < ref["r2_bayes"] <= 1.0
+    table = (tmp_path / "table.md").read_text()
+    for variant in labels:
+        assert f"| {variant} | bayes (the limit) |" in table and f"| {variant} | flow | k-NN samples |" in table
+    assert "| nan" not in table
+
+
+def test_sweep_variants_hide_what_they_say() -> None:
+    """The ladder changes only the training size; the dimension sweep hides the second half of each trajectory
+    and the central block of each lattice, and its runs compose with the variant's options."""
+    ladder = paper.sweeps.SWEEPS["ladder"]
+    assert [v.data for v in ladder] == [(f"data.n_train={n}",) for n in (500, 1000, 2000, 5000, 20000)]
+    assert all(v.hidden == tuple(range(8, 16)) for v in ladder)
+    pend64, phi16 = paper.sweeps.pendulum(64), paper.sweeps.phi4(16)
+    assert pend64.hidden == tuple(range(32, 64))
+    assert len(phi16.hidden) == 64 and min(phi16.hidden) == 4 * 16 + 4 and max(phi16.hidden) == 11 * 16 + 11
+    overrides = paper.run_overrides("pendulum", "collapsed", 0, paper.QUICK, ["data.n_train=700"],
+                                    paper.sweeps.METHODS["joint"])
+    assert "data.n_train=700" in overrides and "data.n_train=1500" not in overrides  # the later value wins
+    assert "sampler.collapsed=false" in overrides
+
+
+def test_sweep_rejects_methods_it_does_not_have() -> None:
+    with pytest.raises(SystemExit):
+        paper.parse_args(["--sweep", "ladder", "--methods", "short_run"])
+    args = paper.parse_args(["--sweep", "dimension"])
+    assert args.methods == paper.sweeps.DEFAULT_METHODS["dimension"]
+    assert paper.output_dir(args) == RESULTS / "paper_dimension"
+    quick = paper.output_dir(paper.parse_args(["--sweep", "dimension", "--quick"]))
+    assert quick == RESULTS / "paper_dimension" / "quick"
