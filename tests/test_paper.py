@@ -44,7 +44,7 @@ def expected_keys(dataset: str, method: str) -> list[str]:
         keys += ["elbo_gain_prior"] if method == "persistent" else []
         if dataset in {"pendulum", "phi4"}:
             keys += ["r2_posterior"] + (["r2_encoder"] if method == "amortised" else [])
-    if method in EBM and dataset in RECON:
+    if (method in EBM or method == "flow") and dataset in RECON:
         keys += RECON_KEYS
     return keys
 
@@ -146,7 +146,9 @@ def test_sweep_variants_hide_what_they_say() -> None:
     assert [v.data for v in ladder] == [(f"data.n_train={n}",) for n in (500, 1000, 2000, 5000, 20000)]
     assert all(v.hidden == tuple(range(8, 16)) for v in ladder)
     pend64, phi16 = paper.sweeps.pendulum(64), paper.sweeps.phi4(16)
-    assert pend64.hidden == tuple(range(32, 64))
+    assert pend64.hidden == tuple(range(32, 64)) and pend64.data == ("data.options.n_obs=64",)
+    assert not paper.sweeps.applies(phi16, "flow") and paper.sweeps.applies(pend64, "flow")
+    assert not paper.sweeps.applies(phi16, "joint") and paper.sweeps.applies(pend64, "joint")
     assert len(phi16.hidden) == 64 and min(phi16.hidden) == 4 * 16 + 4 and max(phi16.hidden) == 11 * 16 + 11
     overrides = paper.run_overrides("pendulum", "collapsed", 0, paper.QUICK, ["data.n_train=700"],
                                     paper.sweeps.METHODS["joint"])
