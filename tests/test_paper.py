@@ -164,3 +164,26 @@ def test_sweep_rejects_methods_it_does_not_have() -> None:
     assert paper.output_dir(args) == RESULTS / "paper_dimension"
     quick = paper.output_dir(paper.parse_args(["--sweep", "dimension", "--quick"]))
     assert quick == RESULTS / "paper_dimension" / "quick"
+
+
+@pytest.mark.slow
+def test_quick_dimension_sweep_runs_the_longer_trajectories_and_the_larger_lattice(tmp_path: Path) -> None:
+    """``--sweep dimension --quick``: the 32-time pendulum and the 16 x 16 lattice train and reconstruct, the
+    amortised rows carry their encoder's R² beside the posterior's, and the flow is left out of the lattice."""
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paper", "--sweep", "dimension", "--quick", "--methods",
+         "collapsed,amortised,flow", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "rows.json").read_text())
+    rows = {(r["variant"], r["method"]): r for r in report["rows"]}
+    assert set(rows) == {("pendulum 32 times", m) for m in ("collapsed", "amortised", "flow")} | {
+        ("phi4 16x16", m) for m in ("collapsed", "amortised")}
+    assert all(r["status"] == "ok" for r in rows.values())
+    amortised = rows["pendulum 32 times", "amortised"]
+    assert 0.0 <= amortised["r2_posterior"] <= 1.0 and 0.0 <= amortised["r2_encoder"] <= 1.0
+    for method in ("collapsed", "amortised"):
+        assert all(math.isfinite(rows["phi4 16x16", method][s]["recon_rmse"]) for s in ("neighbours", "prior"))
+    assert "bayes" not in report["references"]["phi4 16x16"]
