@@ -131,8 +131,8 @@ QUICK = Budget(
 
 
 SWEEP = replace(Budget(), chain_steps=500, n_particles=8)
-"""The sweeps' budget: the paper's, with reconstruction chains of 500 steps (the store's starts are close
-already; the N(0, I) starts get the same) and 8 chains per datum for the posterior mean that the R^2 probe reads."""
+"""The sweeps' budget: the paper's, with reconstruction chains of 500 steps from either start and 8 chains per
+datum for the posterior mean that the R^2 probe reads."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,7 +176,7 @@ def output_dir(args: argparse.Namespace) -> Path:
 
 
 def last_wins(overrides: list[str]) -> list[str]:
-    """Overrides with one entry per key: a later ``key=value`` replaces an earlier one of the same key."""
+    """Overrides with one entry per key, that key's last value (Hydra refuses a key given twice)."""
     keyed = {o.split("=", 1)[0].lstrip("+~"): o for o in overrides}
     return list(keyed.values())
 

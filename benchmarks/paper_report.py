@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 NA = "n/a"
 
 
-def cell(rows: list[dict[str, Any]], key: str, spec: str = ".3g", se_key: str | None = None) -> str:
-    """mean ± sd over the seeds' rows of ``key`` ("n/a" when no row has it, "k/n" when only k of n are finite)."""
-    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-    if not values:
+def summary(values: list[Any], spec: str = ".3g") -> str:
+    """mean ± sd of the finite numbers in ``values`` ("n/a" when there are no numbers, "nan" when none is finite)."""
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    if not numbers:
         return NA
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for v in numbers if math.isfinite(v)]
     if not finite:
         return "nan"
     mean = sum(finite) / len(finite)
@@ -31,7 +31,18 @@ def cell(rows: list[dict[str, Any]], key: str, spec: str = ".3g", se_key: str | 
     if len(finite) > 1:
         sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
         text += f" ± {format(sd, '.2g')}"
-    elif se_key and isinstance(rows[0].get(se_key), (int, float)):
+    return text
+
+
+def cell(rows: list[dict[str, Any]], key: str, spec: str = ".3g", se_key: str | None = None) -> str:
+    """mean ± sd over the seeds' rows of ``key`` (``summary``); a single row with ``se_key`` gets its standard
+    error beside it, and "(k/n finite)" says when only k of the n rows are finite."""
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    text = summary(values, spec)
+    if text in (NA, "nan"):
+        return text
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) == 1 and se_key and isinstance(rows[0].get(se_key), (int, float)):
         text += f" ± {format(rows[0][se_key], '.2g')} (se)"
     if len(finite) < len(rows):
         text += f" ({len(finite)}/{len(rows)} finite)"

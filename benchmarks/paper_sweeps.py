@@ -43,6 +43,7 @@ import torch
 from benchmarks import paper_scores as scores
 from benchmarks.common import RunTimer, markdown_table
 from benchmarks.flow import fit_flow
+from benchmarks.paper_report import summary
 from lvebm_lightning.config.compose import compose_config
 from lvebm_lightning.inference import infer, load, reconstruct
 from lvebm_lightning.metrics.reconstruction import cv_knn_r2
@@ -98,8 +99,8 @@ STARTS = ("neighbours", "prior")
 
 
 FLOW_MAX_DIM = 64
-"""Above this dimension the flow is not run: its conditional MALA on a 256-coordinate lattice would cost about
-half an hour per variant on a 2-core CPU, and no target compares with it there."""
+"""Above this dimension the flow is not run: its conditional MALA took 515-530 s per variant at 64 coordinates on
+a 2-core CPU (``results/paper_dimension/``), and a 256-coordinate lattice would cost several times more."""
 
 
 def applies(variant: Variant, method: str) -> bool:
@@ -150,8 +151,7 @@ def ebm_run(variant: Variant, method: str, seed: int, budget: Any, extra: list[s
 
 def flow_run(variant: Variant, seed: int, budget: Any, out: Path) -> dict[str, Any]:
     """Fit the flow on the variant's training split and sample its hidden coordinates conditionally."""
-    overrides = [f"data={variant.dataset}", f"seed={seed}", *data_overrides(budget, variant)]
-    data = hydra.utils.instantiate(compose_config(out, overrides).data).prepare()
+    data = variant_data(variant, seed, budget, out)
     t0 = time.perf_counter()
     flow, mean, std = fit_flow(data.raw["train"], steps=budget.flow_steps, seed=seed)
     row: dict[str, Any] = {"status": "ok", "train_s": time.perf_counter() - t0}
@@ -162,8 +162,14 @@ def flow_run(variant: Variant, seed: int, budget: Any, out: Path) -> dict[str, A
     return row
 
 
+def variant_data(variant: Variant, seed: int, budget: Any, out: Path) -> Any:
+    """The variant's data module, prepared (the splits an EBM run of the same seed and budget trains on)."""
+    overrides = [f"data={variant.dataset}", f"seed={seed}", *data_overrides(budget, variant)]
+    return hydra.utils.instantiate(compose_config(out, overrides).data).prepare()
+
+
 def data_overrides(budget: Any, variant: Variant) -> list[str]:
-    """The budget's ``data.*`` overrides, then the variant's (a later key replaces an earlier one)."""
+    """The budget's ``data.*`` overrides, then the variant's; for a key set by both, the variant's value."""
     from benchmarks import paper
 
     return paper.last_wins([o for o in budget.data if o.startswith("data.")] + list(variant.data))
@@ -171,8 +177,7 @@ def data_overrides(budget: Any, variant: Variant) -> list[str]:
 
 def references(variant: Variant, seed: int, budget: Any, out: Path) -> dict[str, Any]:
     """The method-free rows of a variant: k-NN, PCA's R^2 and, on the pendulum, the Bayes optimum."""
-    overrides = [f"data={variant.dataset}", f"seed={seed}", *data_overrides(budget, variant)]
-    data = hydra.utils.instantiate(compose_config(out, overrides).data).prepare()
+    data = variant_data(variant, seed, budget, out)
     hidden, test = list(variant.hidden), data.raw["test"]
     t0 = time.perf_counter()
     ref: dict[str, Any] = {"knn": {**scores.knn_reconstruction(data.raw["train"], test[: budget.n_recon], hidden,
@@ -215,17 +220,6 @@ def run_sweep(name: str, variants: tuple[Variant, ...], methods: list[str], budg
             "references": refs, "wall_s": time.perf_counter() - start}
 
 
-def _stat(values: list[float], spec: str) -> str:
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not finite:
-        return "n/a"
-    mean = sum(finite) / len(finite)
-    text = format(mean, spec)
-    if len(finite) > 1:
-        text += f" ± {format(math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)), '.2g')}"
-    return text
-
-
 COLUMNS = ("data", "method", "start", "seeds", "train s", "recon s", "recon RMSE", "RMSE / k-NN", "RMSE / Bayes",
            "ES", "90% coverage", "R² energy")
 
@@ -242,14 +236,15 @@ def sweep_table(report: dict[str, Any]) -> str:
                 groups.setdefault((row["method"], start), []).append({**row, **row[start]})
         for (method, start), rs in groups.items():
             rmse = [r["recon_rmse"] for r in rs]
-            r2 = _stat([r.get("r2_posterior", math.nan) for r in rs], ".3f")
+            to_bayes = [v / bayes for v in rmse] if math.isfinite(bayes) else []
+            r2 = summary([r.get("r2_posterior") for r in rs], ".3f")
             if any("r2_encoder" in r for r in rs):
-                r2 += f" (encoder {_stat([r['r2_encoder'] for r in rs], '.3f')})"
+                r2 += f" (encoder {summary([r['r2_encoder'] for r in rs], '.3f')})"
             lines.append((label, method, "k-NN samples" if start == "knn" else start, len(rs),
-                          _stat([r["train_s"] for r in rs], ".0f"), _stat([r["recon_s"] for r in rs], ".1f"),
-                          _stat(rmse, ".3f"), _stat([v / knn for v in rmse], ".2f"),
-                          _stat([v / bayes for v in rmse], ".2f"), _stat([r["recon_es"] for r in rs], ".3f"),
-                          _stat([r["recon_cov90"] for r in rs], ".2f"), r2 if start == "neighbours" else "n/a"))
+                          summary([r["train_s"] for r in rs], ".0f"), summary([r["recon_s"] for r in rs], ".1f"),
+                          summary(rmse, ".3f"), summary([v / knn for v in rmse], ".2f"),
+                          summary(to_bayes, ".2f"), summary([r["recon_es"] for r in rs], ".3f"),
+                          summary([r["recon_cov90"] for r in rs], ".2f"), r2 if start == "neighbours" else "n/a"))
         for name, key in (("knn (reference)", "knn"), ("bayes (the limit)", "bayes")):
             if key in ref:
                 r = ref[key]
